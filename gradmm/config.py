@@ -1,0 +1,53 @@
+"""trl-style configs: one dataclass per params.yaml section, overridable with `section.key=value`."""
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+
+import yaml
+
+
+def read_params(path: str | Path = "params.yaml") -> dict:
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    return yaml.safe_load(path.read_text()) or {}
+
+
+def build(cls, values: dict, section: str):
+    """Instantiate a config dataclass, naming any unknown key and the allowed ones."""
+    allowed = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - allowed)
+    if unknown:
+        raise ValueError(f"unknown key(s) {unknown} in params section {section!r}; allowed: {sorted(allowed)}")
+    return cls(**values)
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, dict]:
+    """['generate.rho=0.5', 'data.dataset=imdb'] -> {'generate': {'rho': 0.5}, 'data': {'dataset': 'imdb'}}."""
+    out: dict[str, dict] = {}
+    for item in overrides or []:
+        key, sep, raw = item.partition("=")
+        section, dot, name = key.partition(".")
+        if not sep or not dot or not name:
+            raise ValueError(f"override {item!r} must look like section.key=value (e.g. generate.rho=0.5)")
+        out.setdefault(section, {})[name] = yaml.safe_load(raw)
+    return out
+
+
+def load_config(cls, section: str, params_path: str | Path = "params.yaml", overrides: list[str] = ()):
+    """The dataclass for one params.yaml section, with command-line overrides applied on top."""
+    values = dict(read_params(params_path).get(section) or {})
+    values.update(parse_overrides(list(overrides)).get(section, {}))
+    return build(cls, values, section)
+
+
+def as_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def config_hash(*cfgs) -> str:
+    """A short stable hash of configs: names a run directory's params and guards resume."""
+    blob = json.dumps([as_dict(c) for c in cfgs], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]

