@@ -45,7 +45,7 @@ def _package_folder(package: str, pip_name: str) -> Path:
 
 def check_model_name(name: str) -> None:
     """Fail fast on a name that is neither an offline model, a local folder nor a plausible hub id."""
-    if name in OFFLINE_MODELS or Path(name).is_dir():
+    if name in OFFLINE_MODELS or (name and Path(name).is_dir()):
         return
     if name.count("/") == 1 and all(name.split("/")):
         return  # a hub id such as microsoft/phi-1_5; resolved (with internet) at load time
