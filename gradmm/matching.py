@@ -1,0 +1,255 @@
+"""The matched quantity: the output-head gradient of the label-word loss, and its cosine distance to a target.
+
+For one sequence with final (post-norm) hidden state h at the last position, p = softmax(W h + b) and the
+label token y (the first token of the class's label word), the cross-entropy −log p[y] has the head gradient
+
+    g_W = r hᵀ,   g_b = r,   r = p − e_y                                   (spec 3.2)
+
+and a batch of B sequences matches the batch mean (1/B) Σ_i r_i h_iᵀ. That is a V×d matrix (28M entries
+for SmolLM2), so nothing here builds it per step: every quantity the cosine needs is a sum of products of
+small Gram matrices (spec 15.3):
+
+    <g_W, G*_W> = (1/B)(1/n) Σ_{i,j} w_j (r_iᵀ r*_j)(h_iᵀ h*_j)  [+ (1/B) Σ_i r_iᵀ N h_i with DP noise N]
+    ‖g_W‖²      = (1/B²)     Σ_{i,i'}    (r_iᵀ r_i')(h_iᵀ h_i')
+
+Autograd differentiates these w.r.t. h and p like any other function of the transformer's output, so the
+"double backward" of the official code becomes one ordinary backward.
+
+For a tied model (SmolLM2) W is the embedding matrix in its output role only: the gradient through the
+input-embedding use of the same matrix is ignored, as the spec (15.1) prescribes.
+"""
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from gradmm.data import Example, Template
+from gradmm.models import last_hidden, output_head
+from gradmm.scoring import first_label_ids
+
+# Gram products are accumulated in float64: the cosines of interest sit near 1 (distances of 0.005–0.02
+# between real sets), and float32 sums over V = 49k terms lose the digits that tell them apart.
+GRAM_DTYPE = torch.float64
+_EPS = 1e-30  # guards 0/0 for an all-zero gradient (e.g. p = e_y exactly); never hit in practice
+
+
+@dataclass
+class Target:
+    """A class-average head gradient, kept factored; the dense V×d target is never formed (but see `dense`).
+
+        G*_W = (1/n) Σ_j w_j r*_j h*_jᵀ + N_W        G*_b = (1/n) Σ_j w_j r*_j + N_b
+
+    `weight` is 1 without DP and the clipping factor min(1, C/‖g_j‖) with it (gradmm.dp). The DP noise is
+    dense (it has no low-rank structure) but is drawn once per class, so it is stored as is; its only
+    per-step cost is N h_i, a V-vector per synthetic sequence.
+    """
+
+    R: Tensor  # (n, V) residuals r*_j = p*_j − e_y of the real examples
+    H: Tensor  # (n, d) their final hidden states, already centred when `center` is set
+    label_id: int  # the token y the residuals are taken for
+    has_bias: bool  # match the bias gradient too (untied Phi-style heads)
+    weight: Tensor | None = None  # (n,) per-example scale; None = all ones
+    center: Tensor | None = None  # (d,) subtracted from every hidden state, real and synthetic alike
+    noise_W: Tensor | None = None  # (V, d) Gaussian DP noise, drawn once
+    noise_b: Tensor | None = None  # (V,) present iff noise_W is and the head has a bias
+    sigma: float = 0.0  # the noise's per-coordinate standard deviation (for logs)
+    # Derived once in __post_init__ (dataclasses.replace recomputes them).
+    G_b: Tensor = field(init=False, repr=False)  # (V,) the bias target is only V entries: kept dense
+    sq_norm_W: float = field(init=False)
+    sq_norm_b: float = field(init=False)
+    sq_norm_clean: float = field(init=False)  # ‖(S_W, S_b)‖² of the noise-free part, for the DP SNR
+
+    def __post_init__(self):
+        self.R, self.H = self.R.to(GRAM_DTYPE), self.H.to(GRAM_DTYPE)
+        n = self.R.shape[0]
+        if n == 0 or self.H.shape[0] != n:
+            raise ValueError(f"a target needs n ≥ 1 matching rows of R and H, got {self.R.shape[0]} and {self.H.shape[0]}")
+        if self.weight is None:
+            self.weight = torch.ones(n, dtype=GRAM_DTYPE, device=self.R.device)
+        self.weight = self.weight.to(GRAM_DTYPE)
+        if (self.noise_b is not None) != (self.noise_W is not None and self.has_bias):
+            raise ValueError("noise_b must be given exactly when noise_W is and the head has a bias")
+        wR = self.R * self.weight[:, None] / n  # rows of the clean target's left factor
+        gram = (wR @ wR.T) * (self.H @ self.H.T)
+        s_W, s_b = gram.sum(), wR.sum(0)
+        self.sq_norm_clean = (s_W + (s_b @ s_b if self.has_bias else 0.0)).item()
+        if self.noise_W is None:
+            self.sq_norm_W = s_W.item()
+        else:  # ‖S + N‖² = ‖S‖² + 2<S, N> + ‖N‖², with <S, N> = Σ_j (w_j/n) r*_jᵀ N h*_j
+            NH = (self.noise_W @ self.H.to(self.noise_W.dtype).T).to(GRAM_DTYPE)  # (V, n)
+            cross = (wR * NH.T).sum()
+            self.sq_norm_W = (s_W + 2 * cross + self.noise_W.to(GRAM_DTYPE).square().sum()).item()
+        self.G_b = s_b if self.noise_b is None else s_b + self.noise_b.to(GRAM_DTYPE)
+        self.sq_norm_b = (self.G_b @ self.G_b).item() if self.has_bias else 0.0
+
+    @property
+    def n(self) -> int:
+        return self.R.shape[0]
+
+    def dense(self) -> tuple[Tensor, Tensor | None]:
+        """(G*_W [V, d], G*_b [V] or None) in float64: for tests and debugging only (V×d memory)."""
+        G_W = (self.R * self.weight[:, None] / self.n).T @ self.H
+        if self.noise_W is not None:
+            G_W = G_W + self.noise_W.to(GRAM_DTYPE)
+        return G_W, (self.G_b if self.has_bias else None)
+
+
+def residuals(logits: Tensor, y: int | Tensor) -> Tensor:
+    """r = softmax(logits) − e_y per row: the head gradient of the cross-entropy w.r.t. the logits."""
+    p = torch.softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)  # ≥ fp32 (bf16 models)
+    y = torch.as_tensor(y, device=p.device).expand(p.shape[0])
+    return p - F.one_hot(y, p.shape[-1]).to(p.dtype)
+
+
+def _centred(h: Tensor, center: Tensor | None) -> Tensor:
+    return h if center is None else h - center.to(h.dtype)
+
+
+def _dots(h: Tensor, r: Tensor, target: Target) -> tuple[Tensor, Tensor]:
+    """Per-sample <r_i h_iᵀ, G*_W> and <r_i, G*_b>, each (B,); the batch inner products are their means."""
+    h, r = _centred(h, target.center).to(GRAM_DTYPE), r.to(GRAM_DTYPE)
+    dot_W = ((r @ target.R.T) * (h @ target.H.T)) @ target.weight / target.n
+    if target.noise_W is not None:  # r_iᵀ (N h_i): one (V, d)×(d, B) product, in the noise's dtype
+        N = target.noise_W
+        dot_W = dot_W + (r.to(N.dtype) * (h.to(N.dtype) @ N.T)).sum(-1).to(GRAM_DTYPE)
+    dot_b = r @ target.G_b if target.has_bias else torch.zeros_like(dot_W)
+    return dot_W, dot_b
+
+
+def _cos(dot: Tensor, sq_norm_g: Tensor, sq_norm_target: float) -> Tensor:
+    return dot / (sq_norm_g * sq_norm_target).clamp_min(_EPS).sqrt()
+
+
+def match_loss_r(h: Tensor, r: Tensor, target: Target, per_sample: bool = False) -> Tensor:
+    """`match_loss` from residuals r = p − e_y instead of logits (see there)."""
+    dot_W, dot_b = _dots(h, r, target)
+    h, r = _centred(h, target.center).to(GRAM_DTYPE), r.to(GRAM_DTYPE)
+    if per_sample:  # each sequence alone: ‖r_i h_iᵀ‖² = ‖r_i‖² ‖h_i‖²
+        rr = r.square().sum(-1)
+        loss = 1 - _cos(dot_W, rr * h.square().sum(-1), target.sq_norm_W)
+        if target.has_bias:
+            loss = (loss + 1 - _cos(dot_b, rr, target.sq_norm_b)) / 2
+        return loss
+    B = h.shape[0]
+    sq_W = ((r @ r.T) * (h @ h.T)).sum() / B**2
+    loss = 1 - _cos(dot_W.mean(), sq_W, target.sq_norm_W)
+    if target.has_bias:
+        r_mean = r.mean(0)
+        loss = (loss + 1 - _cos(dot_b.mean(), r_mean @ r_mean, target.sq_norm_b)) / 2
+    return loss
+
+
+def match_loss(h: Tensor, logits: Tensor, y: int | Tensor, target: Target, per_sample: bool = False) -> Tensor:
+    """The official distance f = mean over τ ∈ {W, b (if the head has one)} of 1 − cos(G*_τ, g_τ) (spec 3.4).
+
+    h: (B, d) final hidden states, logits: (B, V) = W h + b of the *uncentred* h (the model's prediction),
+    y: the label token. The batch's mean gradient is matched jointly (a scalar, as in the official code);
+    with per_sample=True each sequence's own gradient is matched alone, giving (B,) (used by the filter).
+    Differentiable w.r.t. h and logits; float64 result.
+    """
+    return match_loss_r(h, residuals(logits, y), target, per_sample)
+
+
+def per_sample_match_loss(h: Tensor, logits: Tensor, y: int | Tensor, target: Target) -> Tensor:
+    """(B,): 1 − cos of each sequence's own head gradient with the target (the filter's per-sample score)."""
+    return match_loss(h, logits, y, target, per_sample=True)
+
+
+def explicit_head_grad(h: Tensor, logits: Tensor, y: int | Tensor, center: Tensor | None = None,
+                       bias: bool = True) -> tuple[Tensor, Tensor | None]:
+    """Dense batch-mean (g_W [V, d], g_b [V] or None) in float64: tests and debugging only."""
+    r = residuals(logits, y).to(GRAM_DTYPE)
+    h = _centred(h, center).to(GRAM_DTYPE)
+    return r.T @ h / h.shape[0], (r.mean(0) if bias else None)
+
+
+def head_logits(model, h: Tensor) -> Tensor:
+    """Logits of the output head for final hidden states h (B, d), in float32."""
+    W, b = output_head(model)
+    return F.linear(h.to(W.dtype), W, b).float()
+
+
+# ---- real (and synthetic) texts through the model ------------------------------------------------------
+
+def _left_pad(seqs: list[list[int]], pad_id: int, device) -> tuple[Tensor, Tensor]:
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, width - len(s):] = torch.tensor(s)
+        mask[i, width - len(s):] = 1
+    return ids.to(device), mask.to(device)
+
+
+@torch.no_grad()
+def hidden_and_logits(model, tokenizer, texts: list[str], template: Template, batch_size: int = 16,
+                      max_tokens: int = 256) -> tuple[Tensor, Tensor]:
+    """(H (N, d), logits (N, V)) at the last position of template.prompt(text), float32, batched.
+
+    Left padding puts every last position at the end; `last_hidden` passes explicit position ids so a padded
+    row gives the same h as the unpadded sequence (the official code ran one sequence at a time).
+    Over-long prompts keep their last `max_tokens` tokens (the prompt suffix must survive).
+    """
+    if not texts:
+        raise ValueError("no texts given")
+    device = next(model.parameters()).device
+    encoded = [tokenizer(template.prompt(t), add_special_tokens=False).input_ids[-max_tokens:] for t in texts]
+    order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))  # similar lengths share a batch
+    H = torch.empty(len(texts), model.config.hidden_size, device=device)
+    logits = None
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        ids, mask = _left_pad([encoded[i] for i in idx], tokenizer.pad_token_id, device)
+        h = last_hidden(model, input_ids=ids, attention_mask=mask).float()
+        z = head_logits(model, h)
+        if logits is None:
+            logits = torch.empty(len(texts), z.shape[-1], device=device)
+        H[idx], logits[idx] = h, z
+    return H, logits
+
+
+def head_grads(model, tokenizer, texts: list[str], template: Template, label: int, batch_size: int = 16,
+               max_tokens: int = 256) -> tuple[Tensor, Tensor]:
+    """Per-example head gradients of texts for class `label`, factored: (R (N, V), H (N, d)), g_j = r_j h_jᵀ."""
+    y = first_label_ids(tokenizer, template)[label]
+    H, logits = hidden_and_logits(model, tokenizer, texts, template, batch_size, max_tokens)
+    return residuals(logits, y), H
+
+
+def class_targets(model, tokenizer, examples: list[Example], template: Template, batch_size: int = 16,
+                  max_tokens: int = 256, center: Tensor | str | None = None) -> list[Target]:
+    """One Target per class: the average per-example head gradient of that class's real examples (spec 3.3).
+
+    center: None (the paper), a (d,) vector, or "pool" = the mean final hidden state over *all* given
+    examples (both classes; the feasibility study's centred variant, issue 9 b). Centring subtracts the
+    vector from real and synthetic hidden states alike, so the matched W-gradient is mean_i r_i (h_i − c)ᵀ;
+    the residuals (the model's prediction) are unchanged. A "pool" centre is computed from the real data: it
+    is not covered by the DP noise of gradmm.dp (pass a public vector for a private run).
+    """
+    n_classes = len(template.label_words)
+    ys = first_label_ids(tokenizer, template)
+    by_class = [[ex.text for ex in examples if ex.label == c] for c in range(n_classes)]
+    for c, texts in enumerate(by_class):
+        if not texts:
+            raise ValueError(f"class {c} (label word {template.label_words[c]!r}) has no real examples")
+    stats = [hidden_and_logits(model, tokenizer, texts, template, batch_size, max_tokens) for texts in by_class]
+    if isinstance(center, str):
+        if center != "pool":
+            raise ValueError(f"center {center!r}: use None, a (d,) tensor or 'pool'")
+        center = torch.cat([H for H, _ in stats]).mean(0)
+    _, b = output_head(model)
+    return [Target(R=residuals(logits, ys[c]), H=_centred(H, center), label_id=ys[c], has_bias=b is not None,
+                   center=center) for c, (H, logits) in enumerate(stats)]
+
+
+def cosine_distance_to_target(model, tokenizer, texts: list[str], template: Template, target: Target,
+                              per_sample: bool = False, batch_size: int = 16, max_tokens: int = 256) -> Tensor:
+    """Match loss of real or synthetic texts against a target, labelled with the target's label token.
+
+    per_sample=False: one scalar for the set's mean gradient (how well the set matches, as a batch);
+    per_sample=True: (N,) one distance per text (the filter's score). Uses the target's centre and noise.
+    """
+    H, logits = hidden_and_logits(model, tokenizer, texts, template, batch_size, max_tokens)
+    return match_loss(H, logits, target.label_id, target, per_sample=per_sample).detach()
