@@ -65,7 +65,8 @@ class Target:
         self.R, self.H = self.R.to(GRAM_DTYPE), self.H.to(GRAM_DTYPE)
         n = self.R.shape[0]
         if n == 0 or self.H.shape[0] != n:
-            raise ValueError(f"a target needs n ≥ 1 matching rows of R and H, got {self.R.shape[0]} and {self.H.shape[0]}")
+            raise ValueError(f"a target needs n ≥ 1 matching rows of R and H, "
+                             f"got {self.R.shape[0]} and {self.H.shape[0]}")
         if self.weight is None:
             self.weight = torch.ones(n, dtype=GRAM_DTYPE, device=self.R.device)
         self.weight = self.weight.to(GRAM_DTYPE)

@@ -119,7 +119,8 @@ def test_clipping_bounds_every_per_example_gradient(target):
     assert (after <= C * (1 + 1e-12)).all()
     assert (norms > C).any() and (norms < C).any()
     below = norms <= C
-    assert torch.allclose(after[below], norms[below]) and torch.allclose(after[~below], torch.full_like(after[~below], C))
+    assert torch.allclose(after[below], norms[below])
+    assert torch.allclose(after[~below], torch.full_like(after[~below], C))
     assert torch.allclose(per_example_norms(clip_target(clipped, C)), after)  # idempotent
     # The clipped target is the mean of the clipped per-example gradients.
     G_W, _ = clipped.dense()

@@ -21,6 +21,17 @@ def model_tok(request, tiny, tiny_untied):
     return tiny if request.param == "tied" else tiny_untied
 
 
+_TARGETS = {}
+
+
+def targets_of(model, tok, center=None):
+    """class_targets of EXAMPLES, computed once per model and centring (the forwards dominate test time)."""
+    key = (id(model), center)
+    if key not in _TARGETS:
+        _TARGETS[key] = class_targets(model, tok, EXAMPLES, TEMPLATE, center=center)
+    return _TARGETS[key]
+
+
 def _rel(a, b):
     return ((a - b).norm() / b.norm()).item()
 
@@ -92,7 +103,7 @@ def test_batching_does_not_change_hidden_states(tiny):
 @pytest.mark.parametrize("noisy", [False, True])
 def test_gram_form_equals_dense_cosine(model_tok, centred, noisy):
     model, tok = model_tok
-    target = class_targets(model, tok, EXAMPLES, TEMPLATE, center="pool" if centred else None)[0]
+    target = targets_of(model, tok, center="pool" if centred else None)[0]
     if noisy:  # a dense noise term of the DP kind, plus uneven clipping-like weights
         gen = torch.Generator().manual_seed(1)
         V, d = target.R.shape[1], target.H.shape[1]
@@ -113,14 +124,15 @@ def test_gram_form_equals_dense_cosine(model_tok, centred, noisy):
     for i in range(len(h)):
         gi = explicit_head_grad(h[i:i + 1], logits[i:i + 1], target.label_id, target.center, target.has_bias)
         assert per[i].item() == pytest.approx(_dense_cos_loss(gi, G).item(), rel=1e-9, abs=1e-12)
-        assert per[i].item() == pytest.approx(match_loss(h[i:i + 1], logits[i:i + 1], target.label_id, target).item(), rel=1e-9)
+        alone = match_loss(h[i:i + 1], logits[i:i + 1], target.label_id, target)
+        assert per[i].item() == pytest.approx(alone.item(), rel=1e-9)
     assert not torch.allclose(per, per[:1].expand_as(per))
 
 
 def test_match_loss_gradients_equal_dense_autograd(model_tok):
     """Backprop through the Gram form gives the same d f/d h and d f/d logits as through the dense form."""
     model, tok = model_tok
-    target = class_targets(model, tok, EXAMPLES, TEMPLATE)[1]
+    target = targets_of(model, tok)[1]
     G = target.dense()
     h, logits = _fake_inputs(model, B=3, seed=2)
     grads = []
@@ -137,7 +149,7 @@ def test_match_loss_gradients_equal_dense_autograd(model_tok):
 
 def test_real_examples_match_their_own_target(model_tok):
     model, tok = model_tok
-    target = class_targets(model, tok, EXAMPLES, TEMPLATE)[1]
+    target = targets_of(model, tok)[1]
     texts = [ex.text for ex in EXAMPLES if ex.label == 1]
     own = cosine_distance_to_target(model, tok, texts, TEMPLATE, target)
     other = cosine_distance_to_target(model, tok, ["zz qq xx", "12345 67890 !!"], TEMPLATE, target)
@@ -151,20 +163,20 @@ def test_real_examples_match_their_own_target(model_tok):
 
 def test_centring_uses_the_pool_mean(tiny):
     model, tok = tiny
-    targets = class_targets(model, tok, EXAMPLES, TEMPLATE, center="pool")
+    targets = targets_of(model, tok, center="pool")
     H, _ = hidden_and_logits(model, tok, [ex.text for ex in EXAMPLES], TEMPLATE)
     assert torch.allclose(targets[0].center, H.mean(0), atol=1e-6)
     assert targets[0].center is targets[1].center
     # The stored hidden states are centred: over both classes they average to zero.
     assert torch.cat([t.H for t in targets]).mean(0).abs().max() < 1e-6
-    plain = class_targets(model, tok, EXAMPLES, TEMPLATE, center=None)
+    plain = targets_of(model, tok)
     assert plain[0].center is None and not torch.allclose(plain[0].H, targets[0].H)
 
 
 def test_label_ids_follow_the_template(tiny):
     """The label is the first token of each label word with its leading space (" great", not "great")."""
     model, tok = tiny
-    targets = class_targets(model, tok, EXAMPLES, TEMPLATE)
+    targets = targets_of(model, tok)
     spaced = [tok(w, add_special_tokens=False).input_ids[0] for w in (" bad", " great")]
     assert [t.label_id for t in targets] == spaced
     assert spaced[1] != tok("great", add_special_tokens=False).input_ids[0]
