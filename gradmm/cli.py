@@ -56,6 +56,47 @@ def cmd_evaluate(args) -> dict:
     return result
 
 
+def cmd_generate(args) -> dict:
+    from gradmm.admm import GenerateConfig, check_config
+    from gradmm.generate import DPConfig, check_dp, generate
+
+    data_cfg, model_cfg = _data_model(args)
+    gen = load_config(GenerateConfig, "generate", args.params, args.overrides)
+    dp = load_config(DPConfig, "dp", args.params, args.overrides)
+    check_config(gen)
+    check_dp(dp)
+    metrics = generate(data_cfg, model_cfg, gen, dp, Path(args.out))
+    for c in metrics["classes"]:
+        print(f"{c['class']}: L={c['seq_len']} f(Z) per batch {[round(v, 4) for v in c['f_Z']]} "
+              f"log-ppl {c['mean_log_perplexity']:.2f}" + (f" SNR {c['snr']:.2e}" if c["snr"] is not None else ""))
+    print(f"{metrics['n_raw']} raw texts in {Path(args.out) / 'raw.jsonl'}")
+    return metrics
+
+
+def cmd_filter(args) -> dict:
+    from gradmm.data import load_task
+    from gradmm.filtering import FilterConfig, check_config, filter_rows
+    from gradmm.generate import DPConfig
+    from gradmm.models import load_model
+    from gradmm.records import read_jsonl, write_json, write_jsonl
+
+    data_cfg, model_cfg = _data_model(args)
+    cfg = load_config(FilterConfig, "filter", args.params, args.overrides)
+    dp = load_config(DPConfig, "dp", args.params, args.overrides)
+    check_config(cfg)
+    if not Path(args.raw).is_file():
+        raise FileNotFoundError(f"raw texts {args.raw} do not exist: run `gradmm generate` first")
+    rows = read_jsonl(Path(args.raw))
+    task = load_task(data_cfg)
+    model, tok = load_model(model_cfg.name, model_cfg.device, model_cfg.dtype)
+    kept, stats = filter_rows(model, tok, task, rows, cfg, private=dp.enabled)
+    out = Path(args.out)
+    write_jsonl(out, kept)
+    write_json(out.with_name(out.stem + "_metrics.json"), stats)
+    print(f"kept per class {stats['kept']} of raw {stats['raw']} -> {out}")
+    return stats
+
+
 def cmd_info(args) -> None:
     import torch
     import transformers
@@ -96,6 +137,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--output", help="write the result as JSON here")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("generate", help="GRADMM: class targets, ADMM batches, raw synthetic texts (resumable)")
+    _common(p)
+    p.add_argument("--out", required=True, help="run directory (restarting the same command resumes it)")
+    p.add_argument("--model", help="model name (overrides model.name)")
+    p.add_argument("--dataset", help="dataset name (overrides data.dataset)")
+    p.add_argument("--data-dir", help="folder holding rtpolarity/ and imdb/")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("filter", help="label-consistency filter, rank by match loss, balance -> synthetic.jsonl")
+    _common(p)
+    p.add_argument("--raw", required=True, help="raw.jsonl written by `gradmm generate`")
+    p.add_argument("--out", required=True, help="the filtered synthetic.jsonl to write")
+    p.add_argument("--model", help="model name (overrides model.name)")
+    p.add_argument("--dataset", help="dataset name (overrides data.dataset)")
+    p.add_argument("--data-dir", help="folder holding rtpolarity/ and imdb/")
+    p.set_defaults(func=cmd_filter)
 
     p = sub.add_parser("info", help="versions, device, cache, and the models and datasets known by name")
     p.set_defaults(func=cmd_info)

@@ -1,0 +1,232 @@
+"""ADMM over input embeddings: continuous X matches the gradient, discrete Z are real tokens (spec 4).
+
+    Z ← Proj(X + Λ/ρ)                                    top-k nearest tokens, the LM's favourite (projection.py)
+    X ← X − Adam(∇ [w·f(X) + ρ/2 ‖X − Z + Λ/ρ‖²])       inner steps, prompt positions frozen, gradient clipped
+    Λ ← Λ + ρ (X − Z)                                    dual ascent
+
+One call of `run_batch` writes B synthetic sequences of one class. Its state is checkpointed after every
+outer iteration and a restarted call continues from there: every step is deterministic given the seed, so a
+resumed batch ends byte-identical to an uninterrupted one.
+"""
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from gradmm.matching import Target, head_logits, match_loss
+from gradmm.models import input_embeddings, last_hidden
+from gradmm.projection import ORDERS, project_to_tokens
+
+
+@dataclass
+class GenerateConfig:
+    n_per_class: int = 20  # raw synthetic texts per class (before filtering) = batches × batch_size
+    batch_size: int = 10  # B: sequences matched jointly against the class target (paper: 10)
+    seq_len: int = 0  # L incl. template tokens; 0 = mean real prompt length (the paper's auto length)
+    max_seq_len: int = 32  # cap on L (and L itself for DP runs: the real mean length is not private)
+    outer_steps: int = 10  # paper: 30
+    inner_steps: int = 10  # paper: 50
+    lr: float = 0.01  # Adam on X (paper: 0.008)
+    rho: float = 0.1  # ADMM penalty (paper sweeps 0.01–5)
+    adaptive_rho: bool = False  # residual balancing (Boyd et al. 2011, §3.4.1): ×/÷ 2 when residuals differ 10×
+    topk: int = 200  # candidates per position in the Z-step (paper: 200)
+    order: str = "nearest_then_probable"  # the authors' code; "probable_then_nearest" = the paper reader's
+    projection: str = "admm"  # admm | end_only (the gradmm_no_projection ablation: optimise X, decode once)
+    init_candidates: int = 16  # random batches scored at initialisation, best kept (paper: 500)
+    init_norm: float = 0.0  # norm of each initial position vector; 0 = the model's median embedding norm
+    grad_clip: float = 1.0  # on the X gradient's total norm (paper script: 1.0)
+    matching_weight: float = 1.0  # 0 = the gradmm_no_matching ablation (prefix, projection and filter only)
+    center: bool = False  # issue 9 (b): subtract the pool's mean final hidden state before the cosine
+    stop_changed_fraction: float = 0.0  # stop once fewer than this share of tokens change (0 = never)
+    decoding_prefix: str = "instruction"  # instruction (label-conditioned, as the authors) | none
+    seed: int = 0
+
+
+def check_config(cfg: GenerateConfig, allowed_vocab: int | None = None) -> None:
+    """Clear errors before any expensive work."""
+    if cfg.rho <= 0 and cfg.projection == "admm":
+        raise ValueError(f"generate.rho must be > 0, got {cfg.rho}")
+    for key in ("n_per_class", "batch_size", "outer_steps", "inner_steps", "init_candidates", "topk"):
+        if getattr(cfg, key) < 1:
+            raise ValueError(f"generate.{key} must be ≥ 1, got {getattr(cfg, key)}")
+    if cfg.n_per_class % cfg.batch_size:
+        raise ValueError(f"generate.n_per_class ({cfg.n_per_class}) must be a multiple of batch_size ({cfg.batch_size})")
+    if cfg.order not in ORDERS:
+        raise ValueError(f"generate.order {cfg.order!r}: use one of {ORDERS}")
+    if cfg.projection not in ("admm", "end_only"):
+        raise ValueError(f"generate.projection {cfg.projection!r}: use 'admm' or 'end_only'")
+    if cfg.decoding_prefix not in ("instruction", "none"):
+        raise ValueError(f"generate.decoding_prefix {cfg.decoding_prefix!r}: use 'instruction' or 'none'")
+    if cfg.lr <= 0 or cfg.grad_clip <= 0:
+        raise ValueError(f"generate.lr and generate.grad_clip must be > 0, got {cfg.lr}, {cfg.grad_clip}")
+    if allowed_vocab is not None and cfg.topk > allowed_vocab:
+        raise ValueError(f"generate.topk={cfg.topk} exceeds the allowed vocabulary ({allowed_vocab} word tokens)")
+
+
+@dataclass
+class Layout:
+    """Token layout of a synthetic sequence: [template prefix] [free positions] [template suffix]."""
+
+    prefix_ids: list[int]
+    suffix_ids: list[int]
+    seq_len: int
+
+    @property
+    def free(self) -> slice:
+        return slice(len(self.prefix_ids), self.seq_len - len(self.suffix_ids))
+
+    def check(self) -> None:
+        fixed = len(self.prefix_ids) + len(self.suffix_ids)
+        if self.seq_len <= fixed:
+            raise ValueError(f"sequence length {self.seq_len} leaves no free position after the template's "
+                             f"{fixed} fixed tokens: raise generate.seq_len / max_seq_len")
+
+
+class Problem:
+    """Everything fixed during one batch: the model, the class target, the layout and the Z-step settings."""
+
+    def __init__(self, model, target: Target, layout: Layout, decoding_prefix: list[int], allowed: torch.Tensor,
+                 cfg: GenerateConfig):
+        self.model, self.target, self.layout, self.cfg = model, target, layout, cfg
+        self.emb = input_embeddings(model).detach()
+        self.decoding_prefix, self.allowed = decoding_prefix, allowed
+        self.y = target.label_id
+        dev = self.emb.device
+        self.fixed_mask = torch.ones(layout.seq_len, 1, device=dev)
+        self.fixed_mask[layout.free] = 0
+        ids = torch.tensor(layout.prefix_ids + [0] * (layout.free.stop - layout.free.start) + layout.suffix_ids,
+                           device=dev)
+        self.fixed_embeds = self.emb[ids] * self.fixed_mask  # template embeddings, zero on free positions
+
+    def freeze(self, X: torch.Tensor) -> torch.Tensor:
+        """X with the template positions set to the template's embeddings."""
+        return X * (1 - self.fixed_mask) + self.fixed_embeds
+
+    def f(self, X: torch.Tensor) -> torch.Tensor:
+        """The matching loss of a batch of embedding sequences (differentiable w.r.t. X)."""
+        h = last_hidden(self.model, inputs_embeds=X)
+        return match_loss(h, head_logits(self.model, h), self.y, self.target).float()
+
+    @torch.no_grad()
+    def f_ids(self, ids: torch.Tensor, per_sample: bool = False) -> torch.Tensor:
+        h = last_hidden(self.model, input_ids=ids)
+        return match_loss(h, head_logits(self.model, h), self.y, self.target, per_sample=per_sample).float()
+
+    def project(self, E: torch.Tensor, progress: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        return project_to_tokens(self.model, E, self.decoding_prefix, self.allowed, self.cfg.topk, self.cfg.order,
+                                 fixed_suffix_ids=self.layout.suffix_ids, fixed_prefix_ids=self.layout.prefix_ids,
+                                 progress=progress)
+
+
+def median_embedding_norm(model) -> float:
+    return input_embeddings(model).detach().float().norm(dim=-1).median().item()
+
+
+@torch.no_grad()
+def initialise(problem: Problem, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+    """Best of `init_candidates` random N(0,1) batches by f (spec 4.2), each position rescaled to init_norm.
+
+    The authors rescale after choosing; here candidates are rescaled first, so the batch kept is the one that
+    scored best at the scale it starts from. The norm defaults to the model's own embedding norm (the paper's
+    1.4 was tuned for Phi-1.5; SmolLM2's median is 3.1).
+    """
+    cfg = problem.cfg
+    norm = cfg.init_norm or median_embedding_norm(problem.model)
+    best, best_loss = None, math.inf
+    L, d = problem.layout.seq_len, problem.emb.shape[1]
+    for _ in range(cfg.init_candidates):
+        X = torch.randn(batch_size, L, d, generator=generator).to(problem.emb.device)
+        X = problem.freeze(X / X.norm(dim=-1, keepdim=True) * norm)
+        loss = problem.f(X).item() if cfg.matching_weight else 0.0
+        if loss < best_loss:
+            best, best_loss = X, loss
+    return best
+
+
+def _state(X, Lam, Z_ids, opt, rho, t, best, history) -> dict:
+    return {"X": X.detach().cpu(), "Lam": Lam.cpu(), "Z_ids": None if Z_ids is None else Z_ids.cpu(),
+            "opt": opt.state_dict(), "rho": rho, "t": t, "best": best, "history": history}
+
+
+def run_batch(problem: Problem, batch_size: int, seed: int, checkpoint: Path | None = None,
+              progress: bool = True) -> dict:
+    """Generate one batch of B sequences for one class. Returns ids, per-sample loss and log-perplexity, history.
+
+    `checkpoint`: a file written after each outer iteration; if it exists the batch continues from it.
+    """
+    cfg, dev = problem.cfg, problem.emb.device
+    if checkpoint is not None and checkpoint.exists():
+        state = torch.load(checkpoint, weights_only=False)
+        X = state["X"].to(dev).requires_grad_(True)
+        opt = torch.optim.Adam([X], lr=cfg.lr)
+        opt.load_state_dict(state["opt"])
+        Lam, rho, t0 = state["Lam"].to(dev), state["rho"], state["t"]
+        Z_ids = None if state["Z_ids"] is None else state["Z_ids"].to(dev)
+        best, history = state["best"], state["history"]
+    else:
+        generator = torch.Generator().manual_seed(seed)
+        X = initialise(problem, batch_size, generator).requires_grad_(True)
+        opt = torch.optim.Adam([X], lr=cfg.lr)
+        Lam, rho, t0, Z_ids = torch.zeros_like(X), cfg.rho, 0, None
+        best, history = {"f_Z": math.inf, "ids": None, "logppl": None, "t": -1}, []
+    use_admm = cfg.projection == "admm"
+    free_mask = 1 - problem.fixed_mask
+    outer = tqdm(range(t0, cfg.outer_steps), desc="ADMM outer", leave=False, disable=not progress,
+                 initial=t0, total=cfg.outer_steps)
+    for t in outer:
+        record = {"t": t, "rho": rho}
+        if use_admm:  # Z-step
+            prev = Z_ids
+            Z_ids, logppl = problem.project(X.detach() + Lam / rho, progress)
+            Z = problem.emb[Z_ids] * free_mask + problem.fixed_embeds
+            f_Z = problem.f_ids(Z_ids).item()
+            changed = 1.0 if prev is None else (Z_ids != prev)[:, problem.layout.free].float().mean().item()
+            record.update(f_Z=f_Z, changed_fraction=changed, logppl_Z=logppl.mean().item(),
+                          dual_residual=0.0 if prev is None else
+                          rho * (Z - (problem.emb[prev] * free_mask + problem.fixed_embeds)).norm().item())
+            if f_Z < best["f_Z"]:
+                best = {"f_Z": f_Z, "ids": Z_ids.cpu(), "logppl": logppl.cpu(), "t": t}
+        for s in range(cfg.inner_steps):  # X-step
+            f_X = problem.f(X) if cfg.matching_weight else torch.zeros((), device=dev)
+            grad_f = torch.autograd.grad(f_X, X)[0] if cfg.matching_weight else torch.zeros_like(X)
+            grad_pen = rho * (X.detach() - Z + Lam / rho) if use_admm else torch.zeros_like(X)
+            grad = (cfg.matching_weight * grad_f + grad_pen) * free_mask  # template positions stay frozen
+            if s == 0:  # diagnostics: is the matching term heard next to the penalty? (issue 9)
+                record.update(f_X=f_X.item(), grad_norm_match=(cfg.matching_weight * grad_f * free_mask).norm().item(),
+                              grad_norm_penalty=(grad_pen * free_mask).norm().item())
+            norm = grad.norm()
+            if norm > cfg.grad_clip:
+                grad = grad * (cfg.grad_clip / norm)
+            X.grad = grad
+            opt.step()
+        if use_admm:
+            Lam = Lam + rho * (X.detach() - Z) * free_mask  # dual ascent
+            primal = (X.detach() - Z).norm().item()
+            record.update(primal_residual=primal, dual_norm=(Lam / rho).norm(dim=-1).mean().item())
+            if cfg.adaptive_rho and t > 0:
+                if primal > 10 * record["dual_residual"]:
+                    rho *= 2
+                elif record["dual_residual"] > 10 * primal:
+                    rho /= 2
+        history.append(record)
+        outer.set_postfix({k: round(v, 4) for k, v in record.items() if k in ("f_Z", "f_X", "changed_fraction")})
+        if checkpoint is not None:
+            tmp = checkpoint.with_suffix(".tmp")
+            torch.save(_state(X, Lam, Z_ids, opt, rho, t + 1, best, history), tmp)
+            tmp.replace(checkpoint)
+        if use_admm and t > 0 and record["changed_fraction"] < cfg.stop_changed_fraction:
+            break
+    # Final projection of the last iterate; the batch whose tokens match best over all Z-steps is kept.
+    E = X.detach() + (Lam / rho if use_admm else 0)
+    ids, logppl = problem.project(E, progress)
+    f_final = problem.f_ids(ids).item()
+    if f_final <= best["f_Z"]:
+        best = {"f_Z": f_final, "ids": ids.cpu(), "logppl": logppl.cpu(), "t": cfg.outer_steps}
+    ids = best["ids"].to(dev)
+    return {"ids": ids.cpu(), "per_sample_loss": problem.f_ids(ids, per_sample=True).cpu(),
+            "logppl": best["logppl"], "f_Z": best["f_Z"], "best_t": best["t"], "f_X_final": problem.f(X.detach()).item(),
+            "history": history}
+

@@ -1,0 +1,150 @@
+"""`gradmm generate`: class targets (optionally DP), ADMM batches per class, raw synthetic texts.
+
+A run directory holds `run_config.json` (the params it was started with), one result file per finished
+batch, a checkpoint for the batch in progress, and at the end `raw.jsonl` + `generate_metrics.json`.
+Restarting the same command continues where it stopped; a directory started with other params is refused.
+"""
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from gradmm.admm import GenerateConfig, Layout, Problem, check_config, run_batch
+from gradmm.config import as_dict, config_hash
+from gradmm.data import DataConfig, Task, load_task
+from gradmm.dp import MECHANISMS, noisy_target
+from gradmm.matching import Target, class_targets
+from gradmm.models import ModelConfig, load_model
+from gradmm.projection import allowed_token_mask
+from gradmm.records import write_json, write_jsonl
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DPConfig:
+    enabled: bool = False
+    epsilon: float = 0.05  # the paper's DP setting
+    delta: float = 1e-4
+    clip_norm: float = 1.0  # C: per-example gradient clipping (paper: 1.0)
+    mechanism: str = "analytic"  # analytic (Balle & Wang 2018) | classical | official (the authors' code)
+    relation: str = "zero_out"  # neighbouring datasets: zero_out (C/n, as the authors) | replace_one (2C/n)
+    noise_seed: int = 0
+
+
+def check_dp(cfg: DPConfig) -> None:
+    if not cfg.enabled:
+        return
+    if not cfg.epsilon > 0:
+        raise ValueError(f"dp.epsilon must be > 0, got {cfg.epsilon}")
+    if not 0 < cfg.delta < 1:
+        raise ValueError(f"dp.delta must be in (0, 1), got {cfg.delta}")
+    if not cfg.clip_norm > 0:
+        raise ValueError(f"dp.clip_norm must be > 0, got {cfg.clip_norm}")
+    if cfg.mechanism not in MECHANISMS:
+        raise ValueError(f"dp.mechanism {cfg.mechanism!r}: use one of {sorted(MECHANISMS)}")
+
+
+def build_targets(model, tokenizer, task: Task, gen: GenerateConfig, dp: DPConfig) -> tuple[list[Target], list]:
+    """One target per class from the generation pool; with DP, clipped and noised once (SNR per class)."""
+    if dp.enabled and gen.center:
+        raise ValueError("generate.center with dp.enabled is not supported yet: the pool's mean hidden state "
+                         "would need its own privatisation")
+    targets = class_targets(model, tokenizer, task.pool, task.template, center="pool" if gen.center else None)
+    if not dp.enabled:
+        return targets, [None] * len(targets)
+    noisy = [noisy_target(t, dp.epsilon, dp.delta, dp.clip_norm, dp.mechanism, dp.relation, seed=dp.noise_seed + c)
+             for c, t in enumerate(targets)]
+    return [t for t, _ in noisy], [snr for _, snr in noisy]
+
+
+def decoding_prefix_ids(tokenizer, task: Task, label: int, gen: GenerateConfig) -> list[int]:
+    """The label-conditioned instruction the LM decodes after: the same prompt as the llm_zero_shot_gen
+    baseline, so that gradmm_no_matching differs from it only by the top-k projection."""
+    if gen.decoding_prefix == "none":
+        return []
+    from gradmm.baselines import _prompt_ids, instruction
+
+    return _prompt_ids(tokenizer, task, instruction(task, label))
+
+
+def sequence_length(tokenizer, task: Task, label: int, gen: GenerateConfig, dp: DPConfig) -> int:
+    if gen.seq_len:
+        return gen.seq_len
+    if dp.enabled:  # the real mean length is not private: use the public cap
+        return gen.max_seq_len
+    lengths = [len(tokenizer(task.template.prompt(ex.text), add_special_tokens=False).input_ids)
+               for ex in task.pool if ex.label == label]
+    return min(gen.max_seq_len, int(sum(lengths) / len(lengths)))
+
+
+def _guard_run_dir(out: Path, params: dict) -> None:
+    """Refuse to mix runs: a directory started with other params is left untouched."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "run_config.json"
+    blob = json.dumps(params, indent=2, sort_keys=True) + "\n"
+    if path.exists() and path.read_text() != blob:
+        raise ValueError(f"{out} holds a run with different params ({path}); use another output directory, "
+                         "or delete that one yourself if its work is no longer wanted")
+    path.write_text(blob)
+
+
+def generate(data_cfg: DataConfig, model_cfg: ModelConfig, gen: GenerateConfig, dp: DPConfig, out: Path,
+             progress: bool = True) -> dict:
+    """Run (or resume) a generation; writes out/raw.jsonl and out/generate_metrics.json, returns the metrics."""
+    check_config(gen)
+    check_dp(dp)
+    out = Path(out)
+    params = {"data": as_dict(data_cfg), "model": as_dict(model_cfg), "generate": as_dict(gen), "dp": as_dict(dp)}
+    task = load_task(data_cfg)
+    _guard_run_dir(out, params)
+    start = time.perf_counter()
+    model, tok = load_model(model_cfg.name, model_cfg.device, model_cfg.dtype)
+    allowed = allowed_token_mask(tok, model.get_input_embeddings().weight.shape[0])
+    check_config(gen, int(allowed.sum()))
+    targets, snrs = build_targets(model, tok, task, gen, dp)
+    prefix_ids = tok(task.template.prefix, add_special_tokens=False).input_ids if task.template.prefix else []
+    suffix_ids = tok(task.template.suffix, add_special_tokens=False).input_ids
+    (out / "batches").mkdir(exist_ok=True)
+    rows, per_class = [], []
+    n_batches = gen.n_per_class // gen.batch_size
+    for c in range(task.n_classes):
+        layout = Layout(prefix_ids, suffix_ids, sequence_length(tok, task, c, gen, dp))
+        layout.check()
+        problem = Problem(model, targets[c], layout, decoding_prefix_ids(tok, task, c, gen), allowed, gen)
+        results = []
+        for b in range(n_batches):
+            done = out / "batches" / f"class{c}-batch{b}.pt"
+            if not done.exists():
+                log.info("class %s batch %d/%d", task.class_names[c], b + 1, n_batches)
+                seed = gen.seed * 1_000_003 + c * 1_009 + b  # independent, reproducible stream per batch
+                ckpt = out / "batches" / f"class{c}-batch{b}.ckpt"
+                result = run_batch(problem, gen.batch_size, seed, ckpt, progress)
+                torch.save(result, done.with_suffix(".tmp"))
+                done.with_suffix(".tmp").replace(done)
+                ckpt.unlink(missing_ok=True)
+            results.append(torch.load(done, weights_only=False))
+        for b, result in enumerate(results):
+            for i, ids in enumerate(result["ids"]):
+                text = tok.decode(ids[layout.free].tolist(), skip_special_tokens=True).strip()
+                rows.append({"text": text, "label": c, "match_loss": round(result["per_sample_loss"][i].item(), 6),
+                             "log_perplexity": round(result["logppl"][i].item(), 6), "batch": b, "seed": gen.seed})
+        per_class.append({
+            "class": task.class_names[c], "seq_len": layout.seq_len, "snr": snrs[c],
+            "f_Z": [r["f_Z"] for r in results], "f_X_final": [r["f_X_final"] for r in results],
+            "last_changed_fraction": [r["history"][-1].get("changed_fraction") for r in results],
+            "mean_log_perplexity": sum(r["logppl"].mean().item() for r in results) / len(results)})
+        with (out / "history.jsonl").open("w" if c == 0 else "a") as f:
+            for b, r in enumerate(results):
+                for rec in r["history"]:
+                    f.write(json.dumps({"class": c, "batch": b, **rec}) + "\n")
+    write_jsonl(out / "raw.jsonl", rows)
+    metrics = {"dataset": task.name, "model": model_cfg.name, "params_hash": config_hash(data_cfg, model_cfg, gen, dp),
+               "n_raw": len(rows), "classes": per_class, "dp": dp.enabled,
+               "wall_seconds_this_call": round(time.perf_counter() - start, 1)}
+    write_json(out / "generate_metrics.json", metrics)
+    return metrics
