@@ -163,7 +163,7 @@ def _assemble(fp, free, fs, nlls, n_scored):
     """Output ids [fixed prefix | free | fixed suffix] and the per-row mean NLL of the scored free tokens."""
     B = free.shape[0]
     ids = torch.cat([fp.expand(B, -1), free, fs.expand(B, -1)], dim=1)
-    logppl = torch.stack(nlls, 1).sum(1) / n_scored if n_scored else torch.full((B,), float("nan"))
+    logppl = torch.stack(nlls, 1).sum(1) / n_scored if n_scored else torch.full((B,), float("nan"), device=free.device)
     return ids, logppl
 
 
