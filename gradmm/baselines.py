@@ -230,17 +230,18 @@ def _prompt_ids(tokenizer, task, text: str) -> list[int]:
 
 
 _PREAMBLE = re.compile(r"^(sure|here|okay|ok|certainly|of course)\b.*:\s*$", re.I)
+_ECHO = re.compile(r"^write (one|a|an)\b", re.I)  # the model repeating the instruction
 _LABEL = re.compile(r"^(movie review|review|tweet|text)\s*:\s*", re.I)
 _SENTENCE_END = re.compile(r"[.!?](?=\s|$)")
 
 
 def clean_generation(text: str, truncated: bool = False) -> str:
-    """First real line of a sample: skip "Here is ...:" preambles, drop a "Review:" label and surrounding
+    """First real line of a sample: skip "Here is ...:" preambles and echoes of the instruction, drop a "Review:" label and surrounding
     quotes; a sample cut off by max_new_tokens (truncated=True, and still on its first line) keeps its
     complete sentences only (if it has any).
     Returns "" for outputs with fewer than 2 words (the caller drops them)."""
     lines = [ln.strip() for ln in text.replace("\r", "\n").split("\n")]
-    lines = [ln for ln in lines if ln and not _PREAMBLE.match(ln)]
+    lines = [ln for ln in lines if ln and not _PREAMBLE.match(ln) and not _ECHO.match(ln)]
     if not lines:
         return ""
     line = _LABEL.sub("", lines[0]).strip()
@@ -259,7 +260,8 @@ def generate_llm_texts(model, tokenizer, task, label: int, n: int, seed: int, de
                        temperature: float = 1.0, max_new_tokens: int = 40, batch_size: int = 8,
                        max_rounds: int | None = None, progress: bool = True) -> list[str]:
     """n cleaned texts of class `label`, sampled from the LM (plain ancestral sampling at `temperature`,
-    no top-k/top-p) under the class instruction; the same seed gives the same texts (global RNG untouched).
+    no top-k/top-p) under the class instruction; the same (seed, label) gives the same texts, and the global
+    RNG is left untouched.
 
     Empty or unusable samples are dropped and more are drawn, up to max_rounds batches (default
     4·ceil(n / batch_size) + 2); raises RuntimeError if that still yields fewer than n texts.
@@ -276,7 +278,7 @@ def generate_llm_texts(model, tokenizer, task, label: int, n: int, seed: int, de
     eos = tokenizer.eos_token_id
     texts: list[str] = []
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed)
+        torch.manual_seed(seed * 1_000_003 + label)  # per class: the same seed must not reuse the other class's draws
         bar = tqdm(total=n, desc=f"LM generation {task.class_names[label]}", disable=not progress, leave=False)
         for _ in range(rounds):
             b = min(batch_size, 2 * (n - len(texts)))  # a few spares for the samples cleaning drops

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from gradmm.config import load_config
+from gradmm.config import as_dict, load_config
 from gradmm.data import DATASETS, DataConfig, check_dataset_name
 from gradmm.models import OFFLINE_MODELS, ModelConfig, check_model_name
 
@@ -56,16 +56,47 @@ def cmd_evaluate(args) -> dict:
     return result
 
 
+def _task(args, data_cfg: DataConfig):
+    """The prepared task folder given by --task, else the task built from the data params."""
+    from gradmm.data import load_task
+    from gradmm.experiment import task_from_dir
+
+    return task_from_dir(Path(args.task)) if getattr(args, "task", None) else load_task(data_cfg)
+
+
+def _variant(args) -> list[str]:
+    from gradmm.experiment import GENERATORS, variant_overrides
+
+    if getattr(args, "variant", None) is None:
+        return list(args.overrides)
+    if args.variant not in GENERATORS:
+        raise ValueError(f"unknown variant {args.variant!r}: use one of {sorted(GENERATORS)}")
+    return variant_overrides(args.variant) + list(args.overrides)  # explicit --set wins
+
+
+def cmd_prepare(args) -> None:
+    from gradmm.data import load_task
+    from gradmm.experiment import write_task
+
+    data_cfg, _ = _data_model(args)
+    task = load_task(data_cfg)
+    write_task(task, Path(args.out))
+    print(f"{task.name}: pool {len(task.pool)}, dev {len(task.dev)}, test {len(task.test)} -> {args.out}")
+
+
 def cmd_generate(args) -> dict:
     from gradmm.admm import GenerateConfig, check_config
     from gradmm.generate import DPConfig, check_dp, generate
 
+    overrides = _variant(args)
+    if args.seed is not None:
+        overrides.append(f"generate.seed={args.seed}")
     data_cfg, model_cfg = _data_model(args)
-    gen = load_config(GenerateConfig, "generate", args.params, args.overrides)
-    dp = load_config(DPConfig, "dp", args.params, args.overrides)
+    gen = load_config(GenerateConfig, "generate", args.params, overrides)
+    dp = load_config(DPConfig, "dp", args.params, overrides)
     check_config(gen)
     check_dp(dp)
-    metrics = generate(data_cfg, model_cfg, gen, dp, Path(args.out))
+    metrics = generate(_task(args, data_cfg), model_cfg, gen, dp, Path(args.out), archive_stale=args.archive_stale)
     for c in metrics["classes"]:
         print(f"{c['class']}: L={c['seq_len']} f(Z) per batch {[round(v, 4) for v in c['f_Z']]} "
               f"log-ppl {c['mean_log_perplexity']:.2f}" + (f" SNR {c['snr']:.2e}" if c["snr"] is not None else ""))
@@ -74,27 +105,86 @@ def cmd_generate(args) -> dict:
 
 
 def cmd_filter(args) -> dict:
-    from gradmm.data import load_task
     from gradmm.filtering import FilterConfig, check_config, filter_rows
     from gradmm.generate import DPConfig
     from gradmm.models import load_model
     from gradmm.records import read_jsonl, write_json, write_jsonl
 
+    overrides = _variant(args)
     data_cfg, model_cfg = _data_model(args)
-    cfg = load_config(FilterConfig, "filter", args.params, args.overrides)
-    dp = load_config(DPConfig, "dp", args.params, args.overrides)
+    cfg = load_config(FilterConfig, "filter", args.params, overrides)
+    if args.n_per_class:
+        cfg.n_per_class = args.n_per_class
+    dp = load_config(DPConfig, "dp", args.params, overrides)
     check_config(cfg)
     if not Path(args.raw).is_file():
         raise FileNotFoundError(f"raw texts {args.raw} do not exist: run `gradmm generate` first")
     rows = read_jsonl(Path(args.raw))
-    task = load_task(data_cfg)
+    task = _task(args, data_cfg)
     model, tok = load_model(model_cfg.name, model_cfg.device, model_cfg.dtype)
     kept, stats = filter_rows(model, tok, task, rows, cfg, private=dp.enabled)
     out = Path(args.out)
     write_jsonl(out, kept)
-    write_json(out.with_name(out.stem + "_metrics.json"), stats)
+    write_json(out.with_name(out.stem + "_filter.json"), stats)
     print(f"kept per class {stats['kept']} of raw {stats['raw']} -> {out}")
+    if args.no_filter_out:  # the same budget without the filter (the gradmm_no_filter ablation)
+        plain = FilterConfig(**{**as_dict(cfg), "label_filter": False, "rank": "none"})
+        unfiltered, _ = filter_rows(model, tok, task, rows, plain, private=dp.enabled, progress=False)
+        write_jsonl(Path(args.no_filter_out), unfiltered)
     return stats
+
+
+def _experiment(args):
+    from gradmm.experiment import ExperimentConfig, check_experiment
+
+    cfg = load_config(ExperimentConfig, "experiment", args.params, args.overrides)
+    check_experiment(cfg)
+    return cfg
+
+
+def cmd_baseline(args) -> dict:
+    from gradmm.experiment import BASELINES, baseline_trainset
+    from gradmm.filtering import FilterConfig
+    from gradmm.models import load_model
+    from gradmm.records import write_json, write_jsonl
+
+    if args.method not in BASELINES:
+        raise ValueError(f"unknown baseline {args.method!r}: use one of {list(BASELINES)}")
+    data_cfg, model_cfg = _data_model(args)
+    exp = _experiment(args)
+    filter_cfg = load_config(FilterConfig, "filter", args.params, args.overrides)
+    filter_cfg.n_per_class = exp.n_per_class
+    task = _task(args, data_cfg)
+    model, tok = load_model(model_cfg.name, model_cfg.device, model_cfg.dtype)
+    rows, info = baseline_trainset(args.method, model, tok, task, exp, args.seed, filter_cfg)
+    write_jsonl(Path(args.out), rows)
+    write_json(Path(args.out).with_suffix(".info.json"), info)
+    print(f"{args.method}: {len(rows)} texts -> {args.out}")
+    return info
+
+
+def cmd_finetune(args) -> dict:
+    from gradmm.experiment import check_method, evaluate_method
+    from gradmm.finetune import FinetuneConfig, check_config
+    from gradmm.models import load_model
+    from gradmm.records import read_jsonl, write_json
+
+    check_method(args.method)
+    data_cfg, model_cfg = _data_model(args)
+    exp = _experiment(args)
+    cfg = load_config(FinetuneConfig, "finetune", args.params, args.overrides)
+    check_config(cfg)
+    if not Path(args.train).is_file():
+        raise FileNotFoundError(f"training set {args.train} does not exist")
+    rows = read_jsonl(Path(args.train))
+    task = _task(args, data_cfg)
+    model, tok = load_model(model_cfg.name, model_cfg.device, model_cfg.dtype)
+    result = evaluate_method(args.method, rows, model, tok, task, cfg, args.seed)
+    result.update(dataset=task.name, model=model_cfg.name, n_per_class=exp.n_per_class, train_file=str(args.train))
+    write_json(Path(args.out), result)
+    print(f"{task.name} {args.method} seed {args.seed}: test accuracy {result['test_accuracy']:.3f} "
+          f"(shares {[round(x, 2) for x in result['test_prediction_shares']]}, {result['wall_seconds']} s)")
+    return result
 
 
 def cmd_info(args) -> None:
@@ -138,22 +228,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="write the result as JSON here")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("generate", help="GRADMM: class targets, ADMM batches, raw synthetic texts (resumable)")
-    _common(p)
-    p.add_argument("--out", required=True, help="run directory (restarting the same command resumes it)")
-    p.add_argument("--model", help="model name (overrides model.name)")
-    p.add_argument("--dataset", help="dataset name (overrides data.dataset)")
-    p.add_argument("--data-dir", help="folder holding rtpolarity/ and imdb/")
-    p.set_defaults(func=cmd_generate)
+    def stage(name, help_text, func, needs_out=True):
+        p = sub.add_parser(name, help=help_text)
+        _common(p)
+        p.add_argument("--model", help="model name (overrides model.name)")
+        p.add_argument("--dataset", help="dataset name (overrides data.dataset)")
+        p.add_argument("--data-dir", help="folder holding rtpolarity/ and imdb/")
+        p.add_argument("--task", help="a prepared task folder (gradmm prepare); default: built from data params")
+        p.add_argument("--out", required=needs_out, help="where to write")
+        p.set_defaults(func=func)
+        return p
 
-    p = sub.add_parser("filter", help="label-consistency filter, rank by match loss, balance -> synthetic.jsonl")
-    _common(p)
+    p = stage("prepare", "de-duplicate and split a dataset into pool/dev/test jsonl", cmd_prepare)
+    p.set_defaults(task=None)
+    p = stage("generate", "GRADMM: class targets, ADMM batches, raw synthetic texts (resumable)", cmd_generate)
+    p.add_argument("--variant", help="a generator variant (gradmm, gradmm_dp, gradmm_no_projection, ...)")
+    p.add_argument("--seed", type=int, help="overrides generate.seed")
+    p.add_argument("--archive-stale", action="store_true",
+                   help="move a run directory holding other params to runs/.archive/ instead of refusing")
+    p = stage("filter", "label-consistency filter, rank by match loss, balance -> training set", cmd_filter)
     p.add_argument("--raw", required=True, help="raw.jsonl written by `gradmm generate`")
-    p.add_argument("--out", required=True, help="the filtered synthetic.jsonl to write")
-    p.add_argument("--model", help="model name (overrides model.name)")
-    p.add_argument("--dataset", help="dataset name (overrides data.dataset)")
-    p.add_argument("--data-dir", help="folder holding rtpolarity/ and imdb/")
-    p.set_defaults(func=cmd_filter)
+    p.add_argument("--variant", help="the generator variant the raw texts came from (its dp settings apply)")
+    p.add_argument("--n-per-class", type=int, help="overrides filter.n_per_class")
+    p.add_argument("--no-filter-out", help="also write the same budget without the filter here")
+    p = stage("baseline", "the training set of a baseline method (random_real, herding, llm_zero_shot_gen, ...)",
+              cmd_baseline)
+    p.add_argument("--method", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p = stage("finetune", "fine-tune on a training set (or score in context) and report test accuracy", cmd_finetune)
+    p.add_argument("--method", required=True, help="the method the training set belongs to")
+    p.add_argument("--train", required=True, help="training set jsonl (text, label)")
+    p.add_argument("--seed", type=int, default=0)
 
     p = sub.add_parser("info", help="versions, device, cache, and the models and datasets known by name")
     p.set_defaults(func=cmd_info)

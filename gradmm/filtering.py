@@ -83,6 +83,29 @@ def filter_rows(model, tokenizer, task: Task, rows: list[dict], cfg: FilterConfi
     return kept, stats
 
 
+def score_rows(model, tokenizer, task: Task, rows: list[dict]) -> list[dict]:
+    """Add the per-sample match loss (against the clean class target) and the log-perplexity (given the
+    class instruction) to rows that lack them: LM-generated baselines then go through the same ranking."""
+    from gradmm.baselines import _prompt_ids, instruction
+    from gradmm.matching import class_targets, cosine_distance_to_target
+    from gradmm.projection import log_perplexity
+
+    targets = class_targets(model, tokenizer, task.pool, task.template)
+    out = [dict(r) for r in rows]
+    for c in range(task.n_classes):
+        idx = [i for i, r in enumerate(out) if r["label"] == c]
+        if not idx:
+            continue
+        texts = [out[i]["text"] for i in idx]
+        losses = cosine_distance_to_target(model, tokenizer, texts, task.template, targets[c], per_sample=True)
+        prefix = _prompt_ids(tokenizer, task, instruction(task, c))
+        for i, text, loss in zip(idx, texts, losses.tolist()):
+            ids = tokenizer(" " + text, add_special_tokens=False).input_ids
+            out[i].setdefault("match_loss", round(loss, 6))
+            out[i].setdefault("log_perplexity", round(log_perplexity(model, [ids], prefix).item(), 6))
+    return out
+
+
 def _counts(rows: list[dict], n_classes: int) -> list[int]:
     return [sum(r["label"] == c for r in rows) for c in range(n_classes)]
 

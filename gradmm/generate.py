@@ -5,6 +5,7 @@ batch, a checkpoint for the batch in progress, and at the end `raw.jsonl` + `gen
 Restarting the same command continues where it stopped; a directory started with other params is refused.
 """
 
+import hashlib
 import json
 import logging
 import time
@@ -82,26 +83,38 @@ def sequence_length(tokenizer, task: Task, label: int, gen: GenerateConfig, dp: 
     return min(gen.max_seq_len, int(sum(lengths) / len(lengths)))
 
 
-def _guard_run_dir(out: Path, params: dict) -> None:
-    """Refuse to mix runs: a directory started with other params is left untouched."""
-    out.mkdir(parents=True, exist_ok=True)
+def _guard_run_dir(out: Path, params: dict, archive_stale: bool = False) -> None:
+    """Refuse to mix runs: a directory started with other params is left untouched, or (archive_stale, as
+    the DVC stage asks) moved whole to runs/.archive/ so that nothing finished is deleted."""
     path = out / "run_config.json"
     blob = json.dumps(params, indent=2, sort_keys=True) + "\n"
     if path.exists() and path.read_text() != blob:
-        raise ValueError(f"{out} holds a run with different params ({path}); use another output directory, "
-                         "or delete that one yourself if its work is no longer wanted")
+        if not archive_stale:
+            raise ValueError(f"{out} holds a run with different params ({path}); use another output directory, "
+                             "or delete that one yourself if its work is no longer wanted")
+        archive = out.parent / ".archive" / f"{out.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        archive.parent.mkdir(parents=True, exist_ok=True)
+        out.rename(archive)
+        log.info("moved the run with other params to %s", archive)
+    out.mkdir(parents=True, exist_ok=True)
     path.write_text(blob)
 
 
-def generate(data_cfg: DataConfig, model_cfg: ModelConfig, gen: GenerateConfig, dp: DPConfig, out: Path,
-             progress: bool = True) -> dict:
+def task_fingerprint(task: Task) -> dict:
+    pool = json.dumps([[ex.text, ex.label] for ex in task.pool])
+    return {"name": task.name, "template": task.template.format, "label_words": list(task.template.label_words),
+            "pool_sha256": hashlib.sha256(pool.encode()).hexdigest()}
+
+
+def generate(task: Task | DataConfig, model_cfg: ModelConfig, gen: GenerateConfig, dp: DPConfig, out: Path,
+             progress: bool = True, archive_stale: bool = False) -> dict:
     """Run (or resume) a generation; writes out/raw.jsonl and out/generate_metrics.json, returns the metrics."""
     check_config(gen)
     check_dp(dp)
     out = Path(out)
-    params = {"data": as_dict(data_cfg), "model": as_dict(model_cfg), "generate": as_dict(gen), "dp": as_dict(dp)}
-    task = load_task(data_cfg)
-    _guard_run_dir(out, params)
+    task = load_task(task) if isinstance(task, DataConfig) else task
+    params = {"task": task_fingerprint(task), "model": as_dict(model_cfg), "generate": as_dict(gen), "dp": as_dict(dp)}
+    _guard_run_dir(out, params, archive_stale)
     start = time.perf_counter()
     model, tok = load_model(model_cfg.name, model_cfg.device, model_cfg.dtype)
     allowed = allowed_token_mask(tok, model.get_input_embeddings().weight.shape[0])
@@ -143,7 +156,7 @@ def generate(data_cfg: DataConfig, model_cfg: ModelConfig, gen: GenerateConfig, 
                 for rec in r["history"]:
                     f.write(json.dumps({"class": c, "batch": b, **rec}) + "\n")
     write_jsonl(out / "raw.jsonl", rows)
-    metrics = {"dataset": task.name, "model": model_cfg.name, "params_hash": config_hash(data_cfg, model_cfg, gen, dp),
+    metrics = {"dataset": task.name, "model": model_cfg.name, "params_hash": config_hash(model_cfg, gen, dp),
                "n_raw": len(rows), "classes": per_class, "dp": dp.enabled,
                "wall_seconds_this_call": round(time.perf_counter() - start, 1)}
     write_json(out / "generate_metrics.json", metrics)

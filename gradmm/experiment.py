@@ -1,0 +1,143 @@
+"""The classification experiment: named methods, their training sets at an equal budget, and their scores.
+
+Every method ends as a training set `runs/<dataset>/trainsets/<method>-seed<s>.jsonl` and a result
+`runs/<dataset>/results/<method>-seed<s>.json`; the DVC stages and the notebook call the functions here.
+
+    zero_shot, few_shot            no fine-tuning (few_shot: n demonstrations per class in context)
+    random_real, herding, kcenter  n real texts per class from the generation pool
+    llm_zero_shot_gen, llm_few_shot_gen   LM-sampled texts under a label instruction, through the same filter
+    gradmm, gradmm_dp, gradmm_no_projection, gradmm_no_matching   GRADMM and its ablations, filtered
+    <generator>_no_filter          the same raw texts without the filter (e.g. gradmm_no_filter)
+    full_real                      the whole generation pool (upper reference)
+"""
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gradmm.data import Example, Task, Template
+from gradmm.records import read_jsonl, write_json, write_jsonl
+
+# Generator variants: overrides of the generate / dp sections (the faithful settings are the defaults).
+GENERATORS = {
+    "gradmm": {},
+    "gradmm_dp": {"dp": {"enabled": True}},
+    "gradmm_no_projection": {"generate": {"projection": "end_only"}},
+    "gradmm_no_matching": {"generate": {"matching_weight": 0.0}},
+}
+BASELINES = ("zero_shot", "few_shot", "random_real", "herding", "kcenter", "llm_zero_shot_gen", "llm_few_shot_gen",
+             "full_real")
+NO_FINETUNING = ("zero_shot", "few_shot")
+
+
+def all_methods(generators=GENERATORS) -> list[str]:
+    return list(BASELINES) + list(generators) + [f"{g}_no_filter" for g in generators]
+
+
+def check_method(method: str, generators=GENERATORS) -> None:
+    if method not in all_methods(generators):
+        raise ValueError(f"unknown method {method!r}: use one of {all_methods(generators)}")
+
+
+@dataclass
+class ExperimentConfig:
+    datasets: list[str] = field(default_factory=lambda: ["tweets", "rtpolarity"])
+    seeds: list[int] = field(default_factory=lambda: [0])
+    n_per_class: int = 10  # the budget n (the filter keeps n per class; baselines select n per class)
+    generators: list[str] = field(default_factory=lambda: ["gradmm"])  # GRADMM variants to generate
+    baselines: list[str] = field(default_factory=lambda: ["zero_shot", "random_real", "llm_zero_shot_gen"])
+    methods: list[str] = field(default_factory=lambda: ["zero_shot", "random_real", "llm_zero_shot_gen", "gradmm"])
+    llm_raw_per_class: int = 20  # LM samples per class before the filter (as many as GRADMM's raw texts)
+    llm_shots: int = 4  # real demonstrations per class in llm_few_shot_gen's instruction
+    coreset_features: str = "minilm"  # minilm | lm (the LM's own last hidden state)
+
+
+def check_experiment(cfg: ExperimentConfig) -> None:
+    unknown = [g for g in cfg.generators if g not in GENERATORS]
+    if unknown:
+        raise ValueError(f"experiment.generators {unknown} unknown: use {sorted(GENERATORS)}")
+    for m in list(cfg.baselines) + list(cfg.methods):
+        check_method(m)
+    if cfg.n_per_class < 1:
+        raise ValueError(f"experiment.n_per_class must be ≥ 1, got {cfg.n_per_class}")
+    if cfg.coreset_features not in ("minilm", "lm"):
+        raise ValueError(f"experiment.coreset_features {cfg.coreset_features!r}: use 'minilm' or 'lm'")
+
+
+def variant_overrides(generator: str) -> list[str]:
+    """`section.key=value` overrides that turn the params into a generator variant."""
+    return [f"{section}.{k}={json.dumps(v)}" for section, kv in GENERATORS[generator].items() for k, v in kv.items()]
+
+
+def baseline_trainset(method: str, model, tokenizer, task: Task, cfg: ExperimentConfig, seed: int,
+                      filter_cfg=None, progress: bool = True) -> tuple[list[dict], dict]:
+    """Rows (text, label, source) of a baseline's training set, and facts about how it was made."""
+    from gradmm import baselines
+
+    n, C = cfg.n_per_class, task.n_classes
+    info = {"method": method, "seed": seed}
+    if method == "zero_shot":
+        rows = []
+    elif method in ("few_shot", "random_real"):  # few_shot's set is its demonstrations
+        rows = baselines.select_random(task.pool, n, C, seed)
+    elif method in ("herding", "kcenter"):
+        if cfg.coreset_features == "lm":
+            feats = baselines.lm_features(model, tokenizer, [ex.text for ex in task.pool], task.template)
+        else:
+            feats = None  # MiniLM
+        rows = baselines.select_coreset(task.pool, method.replace("real", ""), n, C, seed, features=feats)
+    elif method == "full_real":
+        rows = list(task.pool)
+    elif method in ("llm_zero_shot_gen", "llm_few_shot_gen"):
+        from gradmm.filtering import filter_rows, score_rows
+
+        shots = cfg.llm_shots if method == "llm_few_shot_gen" else 0
+        raw = baselines.generate_llm_dataset(model, tokenizer, task, cfg.llm_raw_per_class, seed, shots=shots,
+                                             progress=progress)
+        scored = score_rows(model, tokenizer, task, [{"text": ex.text, "label": ex.label, "seed": seed} for ex in raw])
+        kept, info["filter"] = filter_rows(model, tokenizer, task, scored, filter_cfg, progress=progress)
+        return kept, info
+    else:
+        raise ValueError(f"{method!r} is not a baseline: use one of {BASELINES}")
+    return [{"text": ex.text, "label": ex.label} for ex in rows], info
+
+
+def evaluate_method(method: str, rows: list[dict], model, tokenizer, task: Task, finetune_cfg, seed: int,
+                    progress: bool = True) -> dict:
+    """Test accuracy of a method: in-context for zero/few-shot, else fine-tuning with the LR picked on dev."""
+    from gradmm.finetune import finetune_and_evaluate
+    from gradmm.scoring import accuracy, predict, prediction_shares
+
+    start = time.perf_counter()
+    train = [Example(r["text"], int(r["label"])) for r in rows]
+    if method in NO_FINETUNING:
+        preds = predict(model, tokenizer, [ex.text for ex in task.test], task.template, train,
+                        batch_size=finetune_cfg.eval_batch_size, progress=progress, desc=f"{method} test")
+        result = {"test_accuracy": accuracy(preds, task.test),
+                  "test_prediction_shares": prediction_shares(preds, task.n_classes), "n_train": len(train)}
+    else:
+        result = finetune_and_evaluate(model, tokenizer, train, task, finetune_cfg, seed, progress)
+        result.pop("runs", None)
+    result.update(method=method, seed=seed, wall_seconds=round(time.perf_counter() - start, 1))
+    return result
+
+
+def task_from_dir(folder: Path) -> Task:
+    """A prepared task (written by `gradmm prepare`): meta.json + pool/dev/test jsonl."""
+    folder = Path(folder)
+    if not (folder / "meta.json").is_file():
+        raise FileNotFoundError(f"{folder} holds no prepared task (meta.json): run `gradmm prepare` first")
+    meta = json.loads((folder / "meta.json").read_text())
+    split = {s: [Example(r["text"], r["label"]) for r in read_jsonl(folder / f"{s}.jsonl")] for s in ("pool", "dev", "test")}
+    return Task(meta["name"], meta["class_names"], Template(meta["template"], tuple(meta["label_words"])),
+                split["pool"], split["dev"], split["test"])
+
+
+def write_task(task: Task, folder: Path) -> None:
+    folder = Path(folder)
+    for s in ("pool", "dev", "test"):
+        write_jsonl(folder / f"{s}.jsonl", [{"text": ex.text, "label": ex.label} for ex in getattr(task, s)])
+    write_json(folder / "meta.json", {"name": task.name, "class_names": task.class_names,
+                                      "template": task.template.format, "label_words": list(task.template.label_words),
+                                      "sizes": {s: len(getattr(task, s)) for s in ("pool", "dev", "test")}})
