@@ -111,14 +111,18 @@ def evaluate_method(method: str, rows: list[dict], model, tokenizer, task: Task,
 
     start = time.perf_counter()
     train = [Example(r["text"], int(r["label"])) for r in rows]
-    if method in NO_FINETUNING:
+    if method in NO_FINETUNING or not train:
+        # An empty training set (a filter that kept nothing) leaves the model as it is: it is scored as such
+        # and the result says so (n_train = 0), rather than failing the whole pipeline.
         preds = predict(model, tokenizer, [ex.text for ex in task.test], task.template, train,
                         batch_size=finetune_cfg.eval_batch_size, progress=progress, desc=f"{method} test")
         result = {"test_accuracy": accuracy(preds, task.test),
-                  "test_prediction_shares": prediction_shares(preds, task.n_classes), "n_train": len(train)}
+                  "test_prediction_shares": prediction_shares(preds, task.n_classes), "n_train": len(train),
+                  "finetuned": False}
     else:
         result = finetune_and_evaluate(model, tokenizer, train, task, finetune_cfg, seed, progress)
         result.pop("runs", None)
+        result["finetuned"] = True
     result.update(method=method, seed=seed, wall_seconds=round(time.perf_counter() - start, 1))
     return result
 

@@ -60,7 +60,7 @@ def filter_rows(model, tokenizer, task: Task, rows: list[dict], cfg: FilterConfi
     """Apply the filter to raw rows (dicts with text, label, and for rank=score match_loss/log_perplexity)."""
     check_config(cfg)
     stats = {"raw": _counts(rows, task.n_classes)}
-    keep = {Example(r["text"], r["label"]) for r in deduplicate([Example(r["text"], r["label"]) for r in rows])}
+    keep = set(deduplicate([Example(r["text"], r["label"]) for r in rows]))
     rows = [r for r in rows if Example(r["text"], r["label"]) in keep and len(r["text"].split()) >= 2]
     rows = list({(r["text"], r["label"]): r for r in rows}.values())  # first copy of exact repeats
     stats["deduplicated"] = _counts(rows, task.n_classes)
