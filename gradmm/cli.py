@@ -187,6 +187,15 @@ def cmd_finetune(args) -> dict:
     return result
 
 
+def cmd_profile(args) -> None:
+    from gradmm.config import apply_profile
+    from gradmm.paths import PROJECT_ROOT
+
+    changed = apply_profile(PROJECT_ROOT / "profiles" / f"{args.name}.yaml", args.params)
+    print(f"profile {args.name}: {len(changed)} values changed in {args.params}"
+          + (f" ({', '.join(changed)})" if changed else "") + "; `git checkout params.yaml` returns to quick")
+
+
 def cmd_info(args) -> None:
     import torch
     import transformers
@@ -259,6 +268,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", required=True, help="the method the training set belongs to")
     p.add_argument("--train", required=True, help="training set jsonl (text, label)")
     p.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser("profile", help="switch params.yaml to a profile (full, paper); quick is the committed one")
+    p.add_argument("name", help="a file name in profiles/ without .yaml: full | paper")
+    p.add_argument("--params", default="params.yaml")
+    p.set_defaults(func=cmd_profile)
 
     p = sub.add_parser("info", help="versions, device, cache, and the models and datasets known by name")
     p.set_defaults(func=cmd_info)

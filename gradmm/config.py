@@ -51,3 +51,32 @@ def config_hash(*cfgs) -> str:
     """A short stable hash of configs: names a run directory's params and guards resume."""
     blob = json.dumps([as_dict(c) for c in cfgs], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def apply_profile(profile_path: str | Path, params_path: str | Path = "params.yaml") -> list[str]:
+    """Merge a profile's sections into params.yaml in place, keeping its comments; returns the changed keys.
+
+    ruamel.yaml (a DVC dependency) round-trips the file so the commented params stay readable.
+    """
+    from ruamel.yaml import YAML
+
+    profile_path, params_path = Path(profile_path), Path(params_path)
+    if not profile_path.is_file():
+        names = sorted(p.stem for p in profile_path.parent.glob("*.yaml"))
+        raise FileNotFoundError(f"profile {profile_path.stem!r} not found in {profile_path.parent}: use one of {names}")
+    rt = YAML()
+    params = rt.load(params_path.read_text())
+    profile = yaml.safe_load(profile_path.read_text()) or {}
+    changed = []
+    for section, values in profile.items():
+        if section not in params:
+            raise ValueError(f"profile {profile_path.name} has section {section!r}, params.yaml does not")
+        for key, value in values.items():
+            if key not in params[section]:
+                raise ValueError(f"profile {profile_path.name}: unknown key {section}.{key}")
+            if params[section][key] != value:
+                params[section][key] = value
+                changed.append(f"{section}.{key}")
+    with params_path.open("w") as f:
+        rt.dump(params, f)
+    return changed
