@@ -231,15 +231,16 @@ def _prompt_ids(tokenizer, task, text: str) -> list[int]:
 
 _PREAMBLE = re.compile(r"^(sure|here|okay|ok|certainly|of course)\b.*:\s*$", re.I)
 _ECHO = re.compile(r"^write (one|a|an)\b", re.I)  # the model repeating the instruction
+_REFUSAL = re.compile(r"\bas an ai\b|\bi (cannot|can'?t) (write|create|help|provide)\b", re.I)  # not "I can't stand it"
 _LABEL = re.compile(r"^(movie review|review|tweet|text)\s*:\s*", re.I)
 _SENTENCE_END = re.compile(r"[.!?](?=\s|$)")
 
 
 def clean_generation(text: str, truncated: bool = False) -> str:
-    """First real line of a sample: skip "Here is ...:" preambles and echoes of the instruction, drop a "Review:" label and surrounding
-    quotes; a sample cut off by max_new_tokens (truncated=True, and still on its first line) keeps its
-    complete sentences only (if it has any).
-    Returns "" for outputs with fewer than 2 words (the caller drops them)."""
+    """First real line of a sample: skip "Here is ...:" preambles and echoes of the instruction, drop a
+    "Review:" label, surrounding quotes and markdown bold; a sample cut off by max_new_tokens (truncated=True,
+    still on its first line) keeps its complete sentences only (if it has any).
+    Returns "" for refusals ("as an AI ...") and outputs with fewer than 2 words (the caller drops them)."""
     lines = [ln.strip() for ln in text.replace("\r", "\n").split("\n")]
     lines = [ln for ln in lines if ln and not _PREAMBLE.match(ln) and not _ECHO.match(ln)]
     if not lines:
@@ -251,7 +252,9 @@ def clean_generation(text: str, truncated: bool = False) -> str:
         ends = [m.end() for m in _SENTENCE_END.finditer(line)]
         if ends:
             line = line[:ends[-1]]
-    line = " ".join(line.split())
+    line = " ".join(line.replace("**", "").split())  # markdown bold
+    if _REFUSAL.search(line):
+        return ""
     return line if len(line.split()) >= 2 else ""
 
 

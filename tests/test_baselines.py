@@ -164,6 +164,7 @@ def test_generate_llm_texts_is_seeded_and_returns_n_clean_strings(tiny):
     assert a == generate_llm_texts(model, tok, toy_task(), 1, 3, seed=0, **kw)
     assert a != generate_llm_texts(model, tok, toy_task(), 1, 3, seed=1, **kw)
     assert torch.equal(state, torch.random.get_rng_state())  # the caller's RNG is left alone
+    assert a != generate_llm_texts(model, tok, toy_task(), 0, 3, seed=0, **kw)  # classes draw differently
 
 
 def test_few_shot_generation_shows_pool_examples_of_the_class(tiny, monkeypatch):
@@ -185,3 +186,7 @@ def test_clean_generation():
     assert clean_generation("Review: a dull, lifeless film. It never", truncated=True) == "a dull, lifeless film."
     assert clean_generation("Tweet: loving the new phone! #happy") == "loving the new phone! #happy"
     assert clean_generation("ok") == "" and clean_generation("\n\n") == ""
+    assert clean_generation("I'm sorry, but as an AI, I can't write reviews.") == ""
+    assert clean_generation("I cannot recommend this film.") == "I cannot recommend this film."
+    assert clean_generation("The **Die Hard** sequel rocks.") == "The Die Hard sequel rocks."
+    assert clean_generation("Write a new short movie review with negative sentiment\nA bore.") == "A bore."
