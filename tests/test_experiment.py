@@ -1,0 +1,53 @@
+import pytest
+
+from gradmm.experiment import (ExperimentConfig, all_methods, baseline_trainset, check_experiment, check_method,
+                               evaluate_method, task_from_dir, variant_overrides, write_task)
+from gradmm.finetune import FinetuneConfig
+
+FT = FinetuneConfig(learning_rates=[1e-3], steps=2, batch_size=4)
+
+
+def test_method_names():
+    methods = all_methods()
+    assert {"gradmm", "gradmm_dp", "gradmm_no_filter", "random_real", "full_real", "zero_shot"} <= set(methods)
+    with pytest.raises(ValueError, match="unknown method 'gradmm_plus'"):
+        check_method("gradmm_plus")
+    with pytest.raises(ValueError, match="generators"):
+        check_experiment(ExperimentConfig(generators=["nope"]))
+    assert variant_overrides("gradmm_dp") == ["dp.enabled=true"]
+
+
+@pytest.mark.parametrize("method, size", [("zero_shot", 0), ("few_shot", 4), ("random_real", 4), ("full_real", 20)])
+def test_real_data_baselines_respect_the_budget(tiny, toy_task, method, size):
+    model, tok = tiny
+    rows, _ = baseline_trainset(method, model, tok, toy_task, ExperimentConfig(n_per_class=2), seed=0)
+    assert len(rows) == size
+    pool = {(ex.text, ex.label) for ex in toy_task.pool}
+    assert all((r["text"], r["label"]) in pool for r in rows)  # real baselines only ever use the pool
+    if size == 4:
+        assert sorted(r["label"] for r in rows) == [0, 0, 1, 1]
+
+
+def test_coreset_on_lm_features(tiny, toy_task):
+    model, tok = tiny
+    rows, _ = baseline_trainset("kcenter", model, tok, toy_task, ExperimentConfig(n_per_class=2, coreset_features="lm"), 0)
+    assert sorted(r["label"] for r in rows) == [0, 0, 1, 1]
+
+
+def test_evaluate_methods(tiny, toy_task):
+    model, tok = tiny
+    rows = [{"text": ex.text, "label": ex.label} for ex in toy_task.pool[:6]]
+    icl = evaluate_method("few_shot", rows, model, tok, toy_task, FT, seed=0, progress=False)
+    assert icl["finetuned"] is False and 0 <= icl["test_accuracy"] <= 1
+    ft = evaluate_method("random_real", rows, model, tok, toy_task, FT, seed=0, progress=False)
+    assert ft["finetuned"] is True and ft["n_train"] == 6 and "best_lr" in ft
+    empty = evaluate_method("gradmm", [], model, tok, toy_task, FT, seed=0, progress=False)
+    assert empty["finetuned"] is False and empty["n_train"] == 0
+
+
+def test_prepared_task_round_trip(toy_task, tmp_path):
+    write_task(toy_task, tmp_path)
+    back = task_from_dir(tmp_path)
+    assert back == toy_task
+    with pytest.raises(FileNotFoundError, match="gradmm prepare"):
+        task_from_dir(tmp_path / "missing")
