@@ -1,0 +1,365 @@
+"""Tables and figures of the classification experiment, read from the pipeline's result files.
+
+Every `finetune` stage writes `runs/<dataset>/results/<method>-seed<s>.json`; this module turns those into
+`reports/tables/classification.{csv,md}` and `reports/figures/classification.png`, and a GRADMM run's
+`history.jsonl` into a health figure (is the matching term heard? do the tokens settle?). The notebook
+`notebooks/01_classification.ipynb` calls these functions; `produce_missing` lets it fill in results
+in-process (the tiny notebook test) with the same functions the DVC stages call.
+
+Figures are drawn on `matplotlib.figure.Figure` objects (no pyplot): they save with the Agg canvas whatever
+the notebook's backend is, and nothing stays open between calls.
+"""
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+
+# The order of the paper's tables: no training data, real subsets, LM-generated, GRADMM and its ablations, all real.
+METHOD_ORDER = ["zero_shot", "few_shot", "random_real", "herding", "kcenter", "llm_zero_shot_gen", "llm_few_shot_gen",
+                "gradmm", "gradmm_no_filter", "gradmm_no_projection", "gradmm_no_matching", "gradmm_dp",
+                "gradmm_dp_no_filter", "full_real"]
+KEYS = ["dataset", "model", "method", "n_per_class"]  # one table cell: mean ± std over seeds
+TABLE_COLUMNS = KEYS + ["seed", "accuracy", "wall_seconds"]
+EXTRA_COLUMNS = ["dev_accuracy", "best_lr", "n_train", "finetuned", "result_file", "train_file"]
+HISTORY_COLUMNS = ["class", "batch", "t", "f_X", "f_Z", "changed_fraction", "logppl_Z", "grad_norm_match",
+                   "grad_norm_penalty", "primal_residual"]
+
+
+def method_rank(method: str) -> tuple[float, str]:
+    """Sort key: the fixed order above; other GRADMM variants just before full_real; unknown names last."""
+    if method in METHOD_ORDER:
+        return METHOD_ORDER.index(method), method
+    if method.startswith("gradmm"):
+        return METHOD_ORDER.index("full_real") - 0.5, method
+    return len(METHOD_ORDER), method
+
+
+def ordered_methods(methods) -> list[str]:
+    return sorted(set(methods), key=method_rank)
+
+
+def _sorted(df: pd.DataFrame, extra: list[str] = ()) -> pd.DataFrame:
+    rank = df["method"].map(lambda m: method_rank(m)[0])
+    by = ["dataset", "model", "n_per_class", "_rank", "method", *extra]
+    return df.assign(_rank=rank).sort_values(by, kind="stable").drop(columns="_rank").reset_index(drop=True)
+
+
+def share_columns(df: pd.DataFrame) -> list[str]:
+    return sorted((c for c in df.columns if c.startswith("share_")), key=lambda c: int(c.split("_")[1]))
+
+
+# ---------------------------------------------------------------------------------------------- results
+def result_row(path: Path, dataset: str | None = None) -> dict:
+    """One result JSON as a flat row (accuracy = the test accuracy of the LR picked on dev)."""
+    path = Path(path)
+    r = json.loads(path.read_text())
+    method = r.get("method") or path.stem.rsplit("-seed", 1)[0]
+    row = {"dataset": r.get("dataset") or dataset or path.parent.parent.name, "model": r.get("model"),
+           "method": method, "n_per_class": r.get("n_per_class"), "seed": r.get("seed"),
+           "accuracy": r["test_accuracy"], "wall_seconds": r.get("wall_seconds"),
+           "dev_accuracy": r.get("dev_accuracy"), "best_lr": r.get("best_lr"), "n_train": r.get("n_train"),
+           "finetuned": r.get("finetuned"), "result_file": str(path), "train_file": r.get("train_file")}
+    for c, share in enumerate(r.get("test_prediction_shares") or []):
+        row[f"share_{c}"] = share
+    return row
+
+
+def collect_results(runs_dir: str | Path = "runs", datasets: list[str] | None = None) -> pd.DataFrame:
+    """One row per `runs_dir/<dataset>/results/*.json`, sorted by dataset, model, n, method order, seed."""
+    runs_dir = Path(runs_dir)
+    folders = [runs_dir / d for d in datasets] if datasets is not None else sorted(runs_dir.glob("*"))
+    rows = [result_row(p, folder.name) for folder in folders for p in sorted((folder / "results").glob("*.json"))]
+    df = pd.DataFrame(rows, columns=None if rows else TABLE_COLUMNS + EXTRA_COLUMNS)
+    for col in ("n_per_class", "seed", "n_train"):
+        df[col] = df[col].astype("Int64")
+    return _sorted(df, ["seed"])
+
+
+def missing_results(runs_dir, datasets, methods, seeds, model: str | None = None,
+                    n_per_class: int | None = None) -> list[tuple[str, str, int]]:
+    """(dataset, method, seed) whose result file is absent or was made with another model or budget."""
+    missing = []
+    for d in datasets:
+        for m in methods:
+            for s in seeds:
+                path = Path(runs_dir) / d / "results" / f"{m}-seed{s}.json"
+                r = json.loads(path.read_text()) if path.is_file() else None
+                if r is None or (model and r.get("model") != model) or (n_per_class and r.get("n_per_class") != n_per_class):
+                    missing.append((d, m, s))
+    return missing
+
+
+def select(df: pd.DataFrame, datasets=None, methods=None, seeds=None, model=None, n_per_class=None) -> pd.DataFrame:
+    """The rows the notebook was asked about (None = no restriction)."""
+    keep = pd.Series(True, index=df.index)
+    for col, allowed in (("dataset", datasets), ("method", methods), ("seed", seeds)):
+        if allowed is not None:
+            keep &= df[col].isin(list(allowed))
+    if model is not None:
+        keep &= df["model"] == model
+    if n_per_class is not None:
+        keep &= df["n_per_class"] == n_per_class
+    return df[keep.fillna(False).astype(bool)].reset_index(drop=True)
+
+
+# ------------------------------------------------------------------------------------------------ tables
+def write_classification_table(df: pd.DataFrame, path_csv: str | Path) -> pd.DataFrame:
+    """reports/tables/classification.csv: exactly TABLE_COLUMNS, one row per (dataset, model, method, n, seed)."""
+    table = _sorted(df[TABLE_COLUMNS].copy(), ["seed"])
+    table["accuracy"] = table["accuracy"].astype(float).round(4)  # float32 noise (0.69999998) out of the diffs
+    Path(path_csv).parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(path_csv, index=False, lineterminator="\n")
+    return table
+
+
+def summary_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Mean ± std (ddof=1; NaN for one seed) over seeds per (dataset, model, method, n_per_class).
+
+    majority_share is the mean over seeds of the largest test prediction share: near 1 the classifier
+    predicts one class for everything, whatever its accuracy says.
+    """
+    shares = share_columns(df)
+    data = df.assign(majority_share=df[shares].max(axis=1) if shares else math.nan)
+    out = (data.groupby(KEYS, dropna=False, sort=False)
+           .agg(accuracy_mean=("accuracy", "mean"), accuracy_std=("accuracy", "std"), n_seeds=("accuracy", "size"),
+                dev_accuracy_mean=("dev_accuracy", "mean"), majority_share=("majority_share", "mean"),
+                n_train_mean=("n_train", "mean"), wall_seconds_mean=("wall_seconds", "mean"))
+           .reset_index())
+    return _sorted(out)
+
+
+def format_accuracy(mean: float, std: float) -> str:
+    """67.5 ± 9.2 (percent); one seed has no spread: 67.5 ± –."""
+    if pd.isna(mean):
+        return "–"
+    return f"{100 * mean:.1f} ± " + ("–" if pd.isna(std) else f"{100 * std:.1f}")
+
+
+def _markdown(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
+
+
+def markdown_summary(df: pd.DataFrame, title: str = "Classification: test accuracy (%)") -> str:
+    """One methods × datasets table per (model, n_per_class), then the per-cell seeds and collapse check."""
+    summary = summary_table(df)
+    parts = [f"## {title}", "",
+             "Mean ± std over seeds (– : a single seed); the LR of fine-tuned methods is picked on dev only."]
+    if summary.empty:
+        return "\n".join(parts + ["", "No results yet."]) + "\n"
+    for (model, n), block in summary.groupby(["model", "n_per_class"], dropna=False, sort=False):
+        datasets = list(dict.fromkeys(block["dataset"]))
+        cells = {(r.dataset, r.method): format_accuracy(r.accuracy_mean, r.accuracy_std) for r in block.itertuples()}
+        rows = [[m] + [cells.get((d, m), "") for d in datasets] for m in ordered_methods(block["method"])]
+        parts += ["", f"### {model}, n = {n} per class", "", _markdown(["method"] + datasets, rows)]
+    details = [[r.dataset, r.model, r.n_per_class, r.method, r.n_seeds, format_accuracy(r.accuracy_mean, r.accuracy_std),
+                "–" if pd.isna(r.dev_accuracy_mean) else f"{100 * r.dev_accuracy_mean:.1f}",
+                "–" if pd.isna(r.majority_share) else f"{r.majority_share:.2f}",
+                "–" if pd.isna(r.n_train_mean) else f"{r.n_train_mean:g}",
+                "–" if pd.isna(r.wall_seconds_mean) else f"{r.wall_seconds_mean:.0f}"] for r in summary.itertuples()]
+    parts += ["", "### Details", "", "majority share: the largest share of one predicted class on test (1.00 = "
+              "everything predicted as one class); train texts: the training set's size after the filter (0: "
+              "nothing kept, the base model is scored).", "",
+              _markdown(["dataset", "model", "n", "method", "seeds", "test acc. (%)", "dev acc. (%)", "majority share",
+                         "train texts", "wall s"], details)]
+    return "\n".join(parts) + "\n"
+
+
+def write_markdown_summary(df: pd.DataFrame, path_md: str | Path, **kw) -> str:
+    text = markdown_summary(df, **kw)
+    Path(path_md).parent.mkdir(parents=True, exist_ok=True)
+    Path(path_md).write_text(text)
+    return text
+
+
+# ----------------------------------------------------------------------------------------------- figures
+def _save(fig, path_png: str | Path):
+    Path(path_png).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path_png, dpi=120, bbox_inches="tight")
+    return fig
+
+
+def plot_classification(df: pd.DataFrame, path_png: str | Path):
+    """Bars: mean test accuracy per method, one hue per dataset, error bars = std over seeds; dots = seeds."""
+    import seaborn as sns
+    from matplotlib.figure import Figure
+
+    data = df.assign(accuracy_pct=100 * df["accuracy"].astype(float))
+    settings = list(dict.fromkeys(zip(data["model"], data["n_per_class"]))) or [(None, None)]
+    width = max(6.0, 0.8 * data["method"].nunique() * max(1, data["dataset"].nunique()) + 2)
+    fig = Figure(figsize=(width, 3.8 * len(settings)))
+    axes = fig.subplots(len(settings), 1, squeeze=False)[:, 0]
+    datasets = list(dict.fromkeys(data["dataset"]))
+    for ax, (model, n) in zip(axes, settings):
+        sub = data[(data["model"] == model) & (data["n_per_class"] == n)]
+        if sub.empty:
+            ax.text(0.5, 0.5, "no results", ha="center", va="center", transform=ax.transAxes)
+            continue
+        order = ordered_methods(sub["method"])
+        common = dict(data=sub, x="method", y="accuracy_pct", hue="dataset", order=order, hue_order=datasets, ax=ax)
+        sns.barplot(**common, errorbar="sd", capsize=0.15, alpha=0.75, err_kws={"linewidth": 1})
+        sns.stripplot(**common, dodge=True, palette={d: "0.15" for d in datasets}, size=3.5, legend=False)
+        ax.set(ylim=(0, 100), xlabel="", ylabel="test accuracy (%)", title=f"{model}, n = {n} per class")
+        ax.tick_params(axis="x", labelrotation=30)
+        for label in ax.get_xticklabels():
+            label.set_horizontalalignment("right")
+        ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, path_png)
+
+
+def generation_diagnostics(run_dir: str | Path) -> pd.DataFrame:
+    """A GRADMM run's history.jsonl: one row per (class, batch, outer iteration t) with the ADMM diagnostics."""
+    run_dir = Path(run_dir)
+    rows = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines() if line.strip()]
+    df = pd.DataFrame(rows)
+    for col in HISTORY_COLUMNS:  # end_only (no projection) runs record no Z-step quantities
+        if col not in df:
+            df[col] = math.nan
+    metrics = run_dir / "generate_metrics.json"
+    names = [c["class"] for c in json.loads(metrics.read_text())["classes"]] if metrics.is_file() else []
+    df["class_name"] = [names[c] if c < len(names) else str(c) for c in df["class"]]
+    df["run"] = run_dir.name
+    return df[["run", "class_name"] + HISTORY_COLUMNS + [c for c in df.columns if c not in HISTORY_COLUMNS + ["run", "class_name"]]]
+
+
+HEALTH_PANELS = [  # (title, columns drawn in it)
+    ("match loss (cosine distance)", ["f_X", "f_Z"]),
+    ("share of tokens changed by the Z-step", ["changed_fraction"]),
+    ("log-perplexity of Z", ["logppl_Z"]),
+    ("X-gradient norm: match vs penalty", ["grad_norm_match", "grad_norm_penalty"]),
+    ("primal residual ‖X − Z‖", ["primal_residual"]),
+]
+
+
+def plot_generation_health(df: pd.DataFrame, path_png: str | Path, title: str | None = None):
+    """Per outer iteration, mean over batches (band = std) per class: is the run matching and settling?"""
+    import seaborn as sns
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    fig = Figure(figsize=(13, 6.5))
+    axes = fig.subplots(2, 3).ravel()
+    for ax, (name, cols) in zip(axes, HEALTH_PANELS):
+        long = df.melt(id_vars=["class_name", "batch", "t"], value_vars=cols, var_name="quantity").dropna(subset=["value"])
+        if long.empty:
+            ax.text(0.5, 0.5, "not recorded", ha="center", va="center", transform=ax.transAxes)
+        else:
+            sns.lineplot(long, x="t", y="value", hue="class_name", style="quantity" if len(cols) > 1 else None,
+                         errorbar="sd", marker="o", ax=ax)
+            if len(cols) > 1:  # the panels with two quantities carry the legend (classes and line styles)
+                ax.legend(fontsize=7)
+            else:
+                ax.get_legend().remove()
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set(title=name, xlabel="outer iteration t", ylabel="")
+    axes[-1].axis("off")
+    fig.suptitle(title or (df["run"].iloc[0] if len(df) else "generation"))
+    fig.tight_layout()
+    return _save(fig, path_png)
+
+
+# ------------------------------------------------------------------------------------ run directories
+def generator_of(method: str) -> str | None:
+    """The GRADMM variant a method's texts come from (gradmm_no_filter -> gradmm), or None for baselines."""
+    from gradmm.experiment import GENERATORS
+
+    base = method.removesuffix("_no_filter")
+    return base if base in GENERATORS else None
+
+
+def generation_run_dirs(runs_dir: str | Path, datasets: list[str]) -> list[Path]:
+    """Every finished generation run (a history.jsonl) under runs_dir/<dataset>/generated/."""
+    return sorted(p.parent for d in datasets for p in (Path(runs_dir) / d / "generated").glob("*/history.jsonl"))
+
+
+def health_figure_path(figures_dir: str | Path, dataset: str, run_name: str) -> Path:
+    return Path(figures_dir) / "generation" / f"{dataset}-{run_name}.png"
+
+
+# ------------------------------------------------------------------------- results made in-process
+def produce_missing(missing: list[tuple[str, str, int]], runs_dir: str | Path, model: str, n_per_class: int,
+                    params_file: str | Path = "params.yaml", progress: bool = True) -> list[Path]:
+    """Make the missing (dataset, method, seed) results in-process, as the DVC stages would, into the same files.
+
+    The settings come from params_file (the model name and the budget from the arguments); a dataset's
+    prepared task in runs_dir/<dataset>/data is used when present, else it is prepared there.
+    """
+    from gradmm.admm import GenerateConfig
+    from gradmm.config import load_config
+    from gradmm.data import DataConfig, load_task
+    from gradmm.experiment import (ExperimentConfig, baseline_trainset, evaluate_method, task_from_dir,
+                                   variant_overrides, write_task)
+    from gradmm.filtering import FilterConfig, filter_rows
+    from gradmm.finetune import FinetuneConfig
+    from gradmm.generate import DPConfig, generate
+    from gradmm.models import ModelConfig, load_model
+    from gradmm.records import read_jsonl, write_json, write_jsonl
+
+    if not missing:
+        return []
+    runs_dir, written = Path(runs_dir), []
+    base = [f"model.name={model}", f"experiment.n_per_class={n_per_class}", f"filter.n_per_class={n_per_class}"]
+    model_cfg = load_config(ModelConfig, "model", params_file, base)
+    exp = load_config(ExperimentConfig, "experiment", params_file, base)
+    finetune_cfg = load_config(FinetuneConfig, "finetune", params_file, base)
+    lm, tok = load_model(model_cfg.name, model_cfg.device, model_cfg.dtype)
+    for dataset in dict.fromkeys(d for d, _, _ in missing):
+        data_dir = runs_dir / dataset / "data"
+        if not (data_dir / "meta.json").is_file():  # the prepare stage
+            write_task(load_task(load_config(DataConfig, "data", params_file, [f"data.dataset={dataset}"])), data_dir)
+        task = task_from_dir(data_dir)
+        for _, method, seed in [m for m in missing if m[0] == dataset]:
+            train = runs_dir / dataset / "trainsets" / f"{method}-seed{seed}.jsonl"
+            generator = generator_of(method)
+            if generator:  # the generate and filter stages
+                overrides = base + variant_overrides(generator) + [f"generate.seed={seed}"]
+                gen = load_config(GenerateConfig, "generate", params_file, overrides)
+                dp = load_config(DPConfig, "dp", params_file, overrides)
+                out = runs_dir / dataset / "generated" / f"{generator}-seed{seed}"
+                generate(task, model_cfg, gen, dp, out, progress=progress, archive_stale=True)
+                filter_cfg = load_config(FilterConfig, "filter", params_file, overrides)
+                if method.endswith("_no_filter"):
+                    filter_cfg.label_filter, filter_cfg.rank = False, "none"
+                rows, _ = filter_rows(lm, tok, task, read_jsonl(out / "raw.jsonl"), filter_cfg, private=dp.enabled,
+                                      progress=progress)
+            else:  # the baseline stage
+                filter_cfg = load_config(FilterConfig, "filter", params_file, base)
+                rows, _ = baseline_trainset(method, lm, tok, task, exp, seed, filter_cfg, progress=progress)
+            write_jsonl(train, rows)
+            result = evaluate_method(method, rows, lm, tok, task, finetune_cfg, seed, progress)  # the finetune stage
+            result.update(dataset=task.name, model=model_cfg.name, n_per_class=n_per_class, train_file=str(train))
+            path = runs_dir / dataset / "results" / f"{method}-seed{seed}.json"
+            write_json(path, result)
+            written.append(path)
+    return written
+
+
+def project_root(start: str | Path | None = None) -> Path:
+    """The folder holding params.yaml: the start folder (default: the current one) or one above it.
+
+    The DVC stage runs the notebook from the project root; Jupyter runs it from notebooks/.
+    """
+    start = Path(start or Path.cwd()).resolve()
+    for folder in (start, *start.parents):
+        if (folder / "params.yaml").is_file():
+            return folder
+    return start
+
+
+def experiment_settings(params: dict, datasets=None, methods=None, seeds=None, model=None, n_per_class=None) -> dict:
+    """The notebook's settings: each one given (not None) wins, the rest come from params.yaml
+    (experiment.datasets/methods/seeds/n_per_class, model.name), as the DVC stages see them."""
+    exp, model_section = params.get("experiment") or {}, params.get("model") or {}
+    out = {"datasets": datasets if datasets is not None else exp.get("datasets"),
+           "methods": methods if methods is not None else exp.get("methods"),
+           "seeds": seeds if seeds is not None else exp.get("seeds"),
+           "model": model if model is not None else model_section.get("name"),
+           "n_per_class": n_per_class if n_per_class is not None else exp.get("n_per_class")}
+    unset = [k for k, v in out.items() if v is None]
+    if unset:
+        raise ValueError(f"{unset} are neither notebook parameters nor set in the params file "
+                         "(experiment.datasets/methods/seeds/n_per_class, model.name)")
+    return out

@@ -1,0 +1,264 @@
+"""MLflow logging of the experiment results: an explicit sqlite store, one run per (dataset, method, seed).
+
+Results never depend on MLflow: the notebook writes reports/ first, and any MLflow failure (a locked or
+foreign database, a missing package) becomes a warning. Since MLflow 3.7 the default store is
+`sqlite:///mlflow.db` relative to wherever the process runs and a plain `./mlruns` file store raises: the
+URI is therefore always set explicitly to `<project root>/mlflow.db`, artifacts to `<project root>/mlartifacts`
+(both git-ignored). MLFLOW_TRACKING_URI, when set, wins (a shared server, say).
+
+Runs are named after their knobs, `rtpolarity-smollm2-135m-gradmm-n5-seed0-1a2b3c`, the suffix being the
+params hash, and tagged with what MLflow does not reliably record: git commit, params hash, device, seed,
+library versions. Re-running logs new runs next to the old ones (compare them by the params_hash tag).
+"""
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import subprocess
+import warnings
+from importlib import metadata
+from pathlib import Path
+
+MAX_PARAM_CHARS = 500  # MLflow's limit on a param value
+QUIET_LOGGERS = ("alembic", "mlflow.store.db.utils", "mlflow.tracking._tracking_service.client")
+
+
+def tracking_uri(project_root: str | Path = ".") -> str:
+    """sqlite:///<root>/mlflow.db (absolute, so it does not depend on the working directory)."""
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    return f"sqlite:///{(Path(project_root).resolve() / 'mlflow.db').as_posix()}"
+
+
+def artifact_location(project_root: str | Path = ".") -> str:
+    return (Path(project_root).resolve() / "mlartifacts").as_uri()
+
+
+@contextlib.contextmanager
+def quiet():
+    """Silence the sqlite store's SQLAlchemy deprecation warning and the migrations' INFO lines."""
+    levels = {name: logging.getLogger(name).level for name in QUIET_LOGGERS}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning)  # SADeprecationWarning subclasses it
+        warnings.filterwarnings("ignore", message=".*noload.*")
+        for name in QUIET_LOGGERS:
+            logging.getLogger(name).setLevel(logging.WARNING)
+        try:
+            yield
+        finally:
+            for name, level in levels.items():
+                logging.getLogger(name).setLevel(level)
+
+
+# ------------------------------------------------------------------------------------ what is recorded
+def git_commit(project_root: str | Path = ".") -> str:
+    """HEAD's commit, with `-dirty` when tracked files differ from it; "unknown" outside a git repository."""
+    try:
+        run = lambda *a: subprocess.run(["git", *a], cwd=project_root, capture_output=True, text=True, timeout=10)
+        head = run("rev-parse", "HEAD")
+        if head.returncode:
+            return "unknown"
+        dirty = run("status", "--porcelain", "--untracked-files=no").stdout.strip()
+        return head.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def library_versions() -> dict[str, str]:
+    from gradmm import __version__
+
+    out = {"gradmm": __version__}
+    for name in ("torch", "transformers", "mlflow"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def device_name(device: str = "auto") -> str:
+    """The device a model.device setting resolves to here (cuda:<GPU name> or cpu)."""
+    try:
+        import torch
+
+        if device in ("auto", "cuda") or device.startswith("cuda"):
+            if torch.cuda.is_available():
+                return f"cuda:{torch.cuda.get_device_name()}"
+        return "cpu" if device == "auto" else device
+    except Exception:  # noqa: BLE001 - a tag must never fail the logging
+        return device
+
+
+def flatten(params: dict, prefix: str = "") -> dict[str, str]:
+    """{'generate': {'rho': 0.1}} -> {'generate.rho': '0.1'}; lists as JSON; values cut to MLflow's 500 chars."""
+    out = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, name + "."))
+        else:
+            text = json.dumps(value) if isinstance(value, (list, tuple, bool)) or value is None else str(value)
+            out[name] = text[:MAX_PARAM_CHARS]
+    return out
+
+
+def params_hash(params: dict) -> str:
+    return hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+# The params.yaml sections a method's result depends on (its own stages' sections).
+BASELINE_SECTIONS = ("data", "model", "filter", "finetune", "experiment")
+GENERATOR_SECTIONS = ("data", "model", "generate", "dp", "filter", "finetune", "experiment")
+
+
+def _section_classes() -> dict:
+    from gradmm.admm import GenerateConfig
+    from gradmm.data import DataConfig
+    from gradmm.experiment import ExperimentConfig
+    from gradmm.filtering import FilterConfig
+    from gradmm.finetune import FinetuneConfig
+    from gradmm.generate import DPConfig
+    from gradmm.models import ModelConfig
+
+    return {"data": DataConfig, "model": ModelConfig, "generate": GenerateConfig, "dp": DPConfig, "filter": FilterConfig,
+            "finetune": FinetuneConfig, "experiment": ExperimentConfig}
+
+
+def relevant_params(params: dict, method: str, dataset: str | None = None, model: str | None = None,
+                    n_per_class: int | None = None) -> dict:
+    """The sections of params.yaml behind one result, as the stages see them: defaults filled in by the config
+    dataclasses, the method's variant and the result's own dataset, model and budget applied
+    (gradmm_dp shows dp.enabled = true, a result of rtpolarity shows data.dataset = rtpolarity)."""
+    from gradmm.config import as_dict, build
+    from gradmm.experiment import GENERATORS
+    from gradmm.report import generator_of
+
+    generator = generator_of(method)
+    overrides = {s: dict(v) for s, v in (GENERATORS.get(generator) or {}).items()}
+    for section, key, value in (("data", "dataset", dataset), ("model", "name", model),
+                                ("experiment", "n_per_class", n_per_class), ("filter", "n_per_class", n_per_class)):
+        if value is not None:
+            overrides.setdefault(section, {})[key] = value
+    classes, out = _section_classes(), {}
+    for section in GENERATOR_SECTIONS if generator else BASELINE_SECTIONS:
+        values = {**(params.get(section) or {}), **overrides.get(section, {})}
+        try:
+            out[section] = as_dict(build(classes[section], values, section))
+        except (ValueError, TypeError):  # a key this version does not know: log what the file says
+            out[section] = values
+    return out
+
+
+def run_name(result: dict, hash_: str) -> str:
+    """rtpolarity-smollm2-135m-gradmm-n5-seed0-1a2b3c."""
+    model = str(result.get("model")).replace("/", "_")
+    return f"{result['dataset']}-{model}-{result['method']}-n{result.get('n_per_class')}-seed{result.get('seed')}-{hash_[:6]}"
+
+
+def _metrics(result: dict) -> dict[str, float]:
+    keys = ["accuracy", "dev_accuracy", "wall_seconds", "n_train"] + [k for k in result if k.startswith("share_")]
+    out = {}
+    for k in keys:
+        try:
+            value = float(result.get(k))
+        except (TypeError, ValueError):
+            continue
+        if value == value:  # NaN (zero-shot has no dev accuracy) is left out
+            out[k] = value
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- logging
+def log_result(experiment: str, result: dict, params: dict, artifacts=(), tags: dict | None = None,
+               project_root: str | Path = ".") -> str | None:
+    """One MLflow run for one result row; returns its run id, or None (with a warning) if MLflow failed.
+
+    result: a row of gradmm.report.collect_results (dataset, model, method, n_per_class, seed, accuracy,
+    dev_accuracy, wall_seconds, share_*); params: the nested params sections (flattened here); artifacts:
+    files, or (file, artifact folder) pairs, to attach (missing files are skipped); tags: extra tags.
+    """
+    try:
+        with quiet():
+            return _log_result(experiment, result, params, artifacts, tags or {}, project_root)
+    except Exception as err:  # noqa: BLE001 - the results are already on disk: never lose them to MLflow
+        warnings.warn(f"MLflow logging of {result.get('dataset')}/{result.get('method')}/seed{result.get('seed')} "
+                      f"failed ({type(err).__name__}: {err}); the results are in reports/ and runs/", RuntimeWarning,
+                      stacklevel=2)
+        return None
+
+
+def _experiment_id(client, name: str, project_root) -> str:
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        if exp.lifecycle_stage == "deleted":
+            client.restore_experiment(exp.experiment_id)
+        return exp.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=artifact_location(project_root))
+    except Exception:  # created meanwhile by another process
+        return client.get_experiment_by_name(name).experiment_id
+
+
+def _log_result(experiment, result, params, artifacts, tags, project_root) -> str:
+    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.tracking import MlflowClient
+    from mlflow.utils.time import get_current_time_millis
+
+    client = MlflowClient(tracking_uri=tracking_uri(project_root))
+    flat = flatten(params)
+    hash_ = params_hash(flat)
+    all_tags = {"git_commit": git_commit(project_root), "params_hash": hash_,
+                "device": device_name(str((params.get("model") or {}).get("device", "auto"))),
+                "seed": str(result.get("seed")), "dataset": str(result.get("dataset")),
+                "method": str(result.get("method")), "model": str(result.get("model")),
+                "n_per_class": str(result.get("n_per_class")),
+                **{f"version.{k}": v for k, v in library_versions().items()}, **{k: str(v) for k, v in tags.items()}}
+    run = client.create_run(_experiment_id(client, experiment, project_root), run_name=run_name(result, hash_),
+                            tags=all_tags)
+    run_id = run.info.run_id
+    try:
+        now = get_current_time_millis()
+        client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in _metrics(result).items()],
+                         params=[Param(k, v) for k, v in flat.items()], tags=[RunTag("mlflow.note.content", _note(result))])
+        for item in artifacts:
+            path, folder = item if isinstance(item, tuple) else (item, None)
+            if path and Path(path).is_file():
+                client.log_artifact(run_id, str(path), folder)
+        client.set_terminated(run_id)
+    except Exception:
+        client.set_terminated(run_id, status="FAILED")
+        raise
+    return run_id
+
+
+def _note(result: dict) -> str:
+    acc = result.get("accuracy")
+    return (f"{result.get('method')} on {result.get('dataset')} ({result.get('model')}, n = {result.get('n_per_class')} "
+            f"per class, seed {result.get('seed')}): test accuracy {acc:.3f}" if isinstance(acc, float)
+            else str(result.get("method")))
+
+
+def log_results(df, experiment: str, params: dict, project_root: str | Path = ".", runs_dir: str | Path = "runs",
+                figures=(), figures_dir: str | Path = "reports/figures", tags: dict | None = None) -> list[str]:
+    """log_result for every row of a results table; artifacts per run: its training set, the shared figures,
+    and for GRADMM methods the raw synthetic texts and the run's generation-health figure."""
+    import pandas as pd
+
+    from gradmm.report import generator_of, health_figure_path
+
+    run_ids = []
+    for row in df.to_dict("records"):
+        row = {k: v for k, v in row.items() if not pd.isna(v)}  # NaN / <NA> (no dev accuracy, say) out
+        artifacts = [(row.get("train_file"), "trainset"), *[(f, "report") for f in figures]]
+        generator = generator_of(row["method"])
+        if generator:
+            run_dir = Path(runs_dir) / row["dataset"] / "generated" / f"{generator}-seed{row['seed']}"
+            artifacts += [(run_dir / "raw.jsonl", "synthetic"),
+                          (health_figure_path(figures_dir, row["dataset"], run_dir.name), "figures")]
+        p = relevant_params(params, row["method"], row["dataset"], row.get("model"), row.get("n_per_class"))
+        run_id = log_result(experiment, row, p, artifacts, tags, project_root)
+        if run_id:
+            run_ids.append(run_id)
+    return run_ids
