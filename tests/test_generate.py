@@ -130,3 +130,16 @@ def test_dp_targets_report_snr(tiny, toy_task):
     targets, snr_lo = build_targets(model, tok, toy_task, gen, DPConfig(enabled=True, epsilon=0.05))
     assert all(t.noise_W is not None for t in targets)
     assert all(lo < hi for lo, hi in zip(snr_lo, snr_hi))
+
+
+@pytest.mark.parametrize("options", [dict(projection="end_only"), dict(order="probable_then_nearest"),
+                                     dict(adaptive_rho=True), dict(matching_weight=0.0)])
+def test_ablation_options_run_and_emit_allowed_tokens(problem, options):
+    import dataclasses
+    variant = Problem(problem.model, problem.target, problem.layout, problem.decoding_prefix, problem.allowed,
+                      dataclasses.replace(problem.cfg, outer_steps=2, inner_steps=2, **options))
+    out = run_batch(variant, batch_size=2, seed=0, progress=False)
+    assert variant.allowed[out["ids"][:, variant.layout.free]].all()
+    assert len(out["history"]) == 2
+    if options.get("projection") == "end_only":
+        assert "f_Z" not in out["history"][0]  # no Z-step inside the loop
