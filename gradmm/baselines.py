@@ -220,7 +220,7 @@ def instruction(task, label: int, demos: list[Example] = ()) -> str:
     return f"Here are some {domain}s {group}:\n{shown}\n\n{ask}"
 
 
-def _prompt_ids(tokenizer, task, text: str) -> list[int]:
+def instruction_ids(tokenizer, task, text: str) -> list[int]:
     if getattr(tokenizer, "chat_template", None):
         prompt = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
                                                tokenize=False)
@@ -276,7 +276,7 @@ def generate_llm_texts(model, tokenizer, task, label: int, n: int, seed: int, de
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0 (sampling), got {temperature}")
     device = next(model.parameters()).device
-    prompt = torch.tensor([_prompt_ids(tokenizer, task, instruction(task, label, list(demos)))], device=device)
+    prompt = torch.tensor([instruction_ids(tokenizer, task, instruction(task, label, list(demos)))], device=device)
     rounds = max_rounds or 4 * (-(-n // batch_size)) + 2
     eos = tokenizer.eos_token_id
     texts: list[str] = []

@@ -86,7 +86,7 @@ def filter_rows(model, tokenizer, task: Task, rows: list[dict], cfg: FilterConfi
 def score_rows(model, tokenizer, task: Task, rows: list[dict]) -> list[dict]:
     """Add the per-sample match loss (against the clean class target) and the log-perplexity (given the
     class instruction) to rows that lack them: LM-generated baselines then go through the same ranking."""
-    from gradmm.baselines import _prompt_ids, instruction
+    from gradmm.baselines import instruction_ids, instruction
     from gradmm.matching import class_targets, cosine_distance_to_target
     from gradmm.projection import log_perplexity
 
@@ -98,7 +98,7 @@ def score_rows(model, tokenizer, task: Task, rows: list[dict]) -> list[dict]:
             continue
         texts = [out[i]["text"] for i in idx]
         losses = cosine_distance_to_target(model, tokenizer, texts, task.template, targets[c], per_sample=True)
-        prefix = _prompt_ids(tokenizer, task, instruction(task, c))
+        prefix = instruction_ids(tokenizer, task, instruction(task, c))
         for i, text, loss in zip(idx, texts, losses.tolist()):
             ids = tokenizer(" " + text, add_special_tokens=False).input_ids
             out[i].setdefault("match_loss", round(loss, 6))

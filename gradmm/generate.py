@@ -68,9 +68,9 @@ def decoding_prefix_ids(tokenizer, task: Task, label: int, gen: GenerateConfig) 
     baseline, so that gradmm_no_matching differs from it only by the top-k projection."""
     if gen.decoding_prefix == "none":
         return []
-    from gradmm.baselines import _prompt_ids, instruction
+    from gradmm.baselines import instruction_ids, instruction
 
-    return _prompt_ids(tokenizer, task, instruction(task, label))
+    return instruction_ids(tokenizer, task, instruction(task, label))
 
 
 def sequence_length(tokenizer, task: Task, label: int, gen: GenerateConfig, dp: DPConfig) -> int:
