@@ -86,7 +86,9 @@ def missing_results(runs_dir, datasets, methods, seeds, model: str | None = None
             for s in seeds:
                 path = Path(runs_dir) / d / "results" / f"{m}-seed{s}.json"
                 r = json.loads(path.read_text()) if path.is_file() else None
-                if r is None or (model and r.get("model") != model) or (n_per_class and r.get("n_per_class") != n_per_class):
+                stale = r is not None and ((model and r.get("model") != model)
+                                           or (n_per_class and r.get("n_per_class") != n_per_class))
+                if r is None or stale:
                     missing.append((d, m, s))
     return missing
 
@@ -137,6 +139,10 @@ def format_accuracy(mean: float, std: float) -> str:
     return f"{100 * mean:.1f} ± " + ("–" if pd.isna(std) else f"{100 * std:.1f}")
 
 
+def _num(value, fmt: str) -> str:
+    return "–" if pd.isna(value) else format(value, fmt)
+
+
 def _markdown(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     return "\n".join(lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
@@ -154,16 +160,15 @@ def markdown_summary(df: pd.DataFrame, title: str = "Classification: test accura
         cells = {(r.dataset, r.method): format_accuracy(r.accuracy_mean, r.accuracy_std) for r in block.itertuples()}
         rows = [[m] + [cells.get((d, m), "") for d in datasets] for m in ordered_methods(block["method"])]
         parts += ["", f"### {model}, n = {n} per class", "", _markdown(["method"] + datasets, rows)]
-    details = [[r.dataset, r.model, r.n_per_class, r.method, r.n_seeds, format_accuracy(r.accuracy_mean, r.accuracy_std),
-                "–" if pd.isna(r.dev_accuracy_mean) else f"{100 * r.dev_accuracy_mean:.1f}",
-                "–" if pd.isna(r.majority_share) else f"{r.majority_share:.2f}",
-                "–" if pd.isna(r.n_train_mean) else f"{r.n_train_mean:g}",
-                "–" if pd.isna(r.wall_seconds_mean) else f"{r.wall_seconds_mean:.0f}"] for r in summary.itertuples()]
+    details = [[r.dataset, r.model, r.n_per_class, r.method, r.n_seeds,
+                format_accuracy(r.accuracy_mean, r.accuracy_std), _num(100 * r.dev_accuracy_mean, ".1f"),
+                _num(r.majority_share, ".2f"), _num(r.n_train_mean, "g"), _num(r.wall_seconds_mean, ".0f")]
+               for r in summary.itertuples()]
+    header = ["dataset", "model", "n", "method", "seeds", "test acc. (%)", "dev acc. (%)", "majority share",
+              "train texts", "wall s"]
     parts += ["", "### Details", "", "majority share: the largest share of one predicted class on test (1.00 = "
               "everything predicted as one class); train texts: the training set's size after the filter (0: "
-              "nothing kept, the base model is scored).", "",
-              _markdown(["dataset", "model", "n", "method", "seeds", "test acc. (%)", "dev acc. (%)", "majority share",
-                         "train texts", "wall s"], details)]
+              "nothing kept, the base model is scored).", "", _markdown(header, details)]
     return "\n".join(parts) + "\n"
 
 
@@ -222,7 +227,8 @@ def generation_diagnostics(run_dir: str | Path) -> pd.DataFrame:
     names = [c["class"] for c in json.loads(metrics.read_text())["classes"]] if metrics.is_file() else []
     df["class_name"] = [names[c] if c < len(names) else str(c) for c in df["class"]]
     df["run"] = run_dir.name
-    return df[["run", "class_name"] + HISTORY_COLUMNS + [c for c in df.columns if c not in HISTORY_COLUMNS + ["run", "class_name"]]]
+    first = ["run", "class_name"] + HISTORY_COLUMNS
+    return df[first + [c for c in df.columns if c not in first]]
 
 
 HEALTH_PANELS = [  # (title, columns drawn in it)
@@ -243,7 +249,7 @@ def plot_generation_health(df: pd.DataFrame, path_png: str | Path, title: str | 
     fig = Figure(figsize=(13, 6.5))
     axes = fig.subplots(2, 3).ravel()
     for ax, (name, cols) in zip(axes, HEALTH_PANELS):
-        long = df.melt(id_vars=["class_name", "batch", "t"], value_vars=cols, var_name="quantity").dropna(subset=["value"])
+        long = df.melt(id_vars=["class_name", "batch", "t"], value_vars=cols, var_name="quantity").dropna()
         if long.empty:
             ax.text(0.5, 0.5, "not recorded", ha="center", va="center", transform=ax.transAxes)
         else:
@@ -277,6 +283,35 @@ def generation_run_dirs(runs_dir: str | Path, datasets: list[str]) -> list[Path]
 
 def health_figure_path(figures_dir: str | Path, dataset: str, run_name: str) -> Path:
     return Path(figures_dir) / "generation" / f"{dataset}-{run_name}.png"
+
+
+# ------------------------------------------------------------------------------- notebook settings
+def project_root(start: str | Path | None = None) -> Path:
+    """The folder holding params.yaml: the start folder (default: the current one) or one above it.
+
+    The DVC stage runs the notebook from the project root; Jupyter runs it from notebooks/.
+    """
+    start = Path(start or Path.cwd()).resolve()
+    for folder in (start, *start.parents):
+        if (folder / "params.yaml").is_file():
+            return folder
+    return start
+
+
+def experiment_settings(params: dict, datasets=None, methods=None, seeds=None, model=None, n_per_class=None) -> dict:
+    """The notebook's settings: each one given (not None) wins, the rest come from params.yaml
+    (experiment.datasets/methods/seeds/n_per_class, model.name), as the DVC stages see them."""
+    exp, model_section = params.get("experiment") or {}, params.get("model") or {}
+    out = {"datasets": datasets if datasets is not None else exp.get("datasets"),
+           "methods": methods if methods is not None else exp.get("methods"),
+           "seeds": seeds if seeds is not None else exp.get("seeds"),
+           "model": model if model is not None else model_section.get("name"),
+           "n_per_class": n_per_class if n_per_class is not None else exp.get("n_per_class")}
+    unset = [k for k, v in out.items() if v is None]
+    if unset:
+        raise ValueError(f"{unset} are neither notebook parameters nor set in the params file "
+                         "(experiment.datasets/methods/seeds/n_per_class, model.name)")
+    return out
 
 
 # ------------------------------------------------------------------------- results made in-process
@@ -336,30 +371,3 @@ def produce_missing(missing: list[tuple[str, str, int]], runs_dir: str | Path, m
             written.append(path)
     return written
 
-
-def project_root(start: str | Path | None = None) -> Path:
-    """The folder holding params.yaml: the start folder (default: the current one) or one above it.
-
-    The DVC stage runs the notebook from the project root; Jupyter runs it from notebooks/.
-    """
-    start = Path(start or Path.cwd()).resolve()
-    for folder in (start, *start.parents):
-        if (folder / "params.yaml").is_file():
-            return folder
-    return start
-
-
-def experiment_settings(params: dict, datasets=None, methods=None, seeds=None, model=None, n_per_class=None) -> dict:
-    """The notebook's settings: each one given (not None) wins, the rest come from params.yaml
-    (experiment.datasets/methods/seeds/n_per_class, model.name), as the DVC stages see them."""
-    exp, model_section = params.get("experiment") or {}, params.get("model") or {}
-    out = {"datasets": datasets if datasets is not None else exp.get("datasets"),
-           "methods": methods if methods is not None else exp.get("methods"),
-           "seeds": seeds if seeds is not None else exp.get("seeds"),
-           "model": model if model is not None else model_section.get("name"),
-           "n_per_class": n_per_class if n_per_class is not None else exp.get("n_per_class")}
-    unset = [k for k, v in out.items() if v is None]
-    if unset:
-        raise ValueError(f"{unset} are neither notebook parameters nor set in the params file "
-                         "(experiment.datasets/methods/seeds/n_per_class, model.name)")
-    return out

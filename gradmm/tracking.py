@@ -122,8 +122,8 @@ def _section_classes() -> dict:
     from gradmm.generate import DPConfig
     from gradmm.models import ModelConfig
 
-    return {"data": DataConfig, "model": ModelConfig, "generate": GenerateConfig, "dp": DPConfig, "filter": FilterConfig,
-            "finetune": FinetuneConfig, "experiment": ExperimentConfig}
+    return {"data": DataConfig, "model": ModelConfig, "generate": GenerateConfig, "dp": DPConfig,
+            "filter": FilterConfig, "finetune": FinetuneConfig, "experiment": ExperimentConfig}
 
 
 def relevant_params(params: dict, method: str, dataset: str | None = None, model: str | None = None,
@@ -153,8 +153,9 @@ def relevant_params(params: dict, method: str, dataset: str | None = None, model
 
 def run_name(result: dict, hash_: str) -> str:
     """rtpolarity-smollm2-135m-gradmm-n5-seed0-1a2b3c."""
-    model = str(result.get("model")).replace("/", "_")
-    return f"{result['dataset']}-{model}-{result['method']}-n{result.get('n_per_class')}-seed{result.get('seed')}-{hash_[:6]}"
+    model = str(result.get("model")).replace("/", "_")  # hub ids: microsoft/phi-1_5
+    knobs = [result["dataset"], model, result["method"], f"n{result.get('n_per_class')}", f"seed{result.get('seed')}"]
+    return "-".join(knobs + [hash_[:6]])
 
 
 def _metrics(result: dict) -> dict[str, float]:
@@ -221,7 +222,8 @@ def _log_result(experiment, result, params, artifacts, tags, project_root) -> st
     try:
         now = get_current_time_millis()
         client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in _metrics(result).items()],
-                         params=[Param(k, v) for k, v in flat.items()], tags=[RunTag("mlflow.note.content", _note(result))])
+                         params=[Param(k, v) for k, v in flat.items()],
+                         tags=[RunTag("mlflow.note.content", _note(result))])
         for item in artifacts:
             path, folder = item if isinstance(item, tuple) else (item, None)
             if path and Path(path).is_file():
@@ -234,10 +236,10 @@ def _log_result(experiment, result, params, artifacts, tags, project_root) -> st
 
 
 def _note(result: dict) -> str:
-    acc = result.get("accuracy")
-    return (f"{result.get('method')} on {result.get('dataset')} ({result.get('model')}, n = {result.get('n_per_class')} "
-            f"per class, seed {result.get('seed')}): test accuracy {acc:.3f}" if isinstance(acc, float)
-            else str(result.get("method")))
+    r = result
+    acc = f"{r['accuracy']:.3f}" if isinstance(r.get("accuracy"), float) else "?"
+    return (f"{r.get('method')} on {r.get('dataset')} ({r.get('model')}, n = {r.get('n_per_class')} per class, "
+            f"seed {r.get('seed')}): test accuracy {acc}")
 
 
 def log_results(df, experiment: str, params: dict, project_root: str | Path = ".", runs_dir: str | Path = "runs",

@@ -134,7 +134,8 @@ def write_history(run_dir, projection=True):
                                primal_residual=0.5, dual_residual=0.1, dual_norm=0.1)
                 rows.append(rec)
     (run_dir / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (run_dir / "generate_metrics.json").write_text(json.dumps({"classes": [{"class": "negative"}, {"class": "positive"}]}))
+    classes = [{"class": "negative"}, {"class": "positive"}]
+    (run_dir / "generate_metrics.json").write_text(json.dumps({"classes": classes}))
 
 
 def test_generation_diagnostics_and_health_figure(tmp_path):
