@@ -60,6 +60,6 @@ def test_dvc_pipeline_runs_once_and_only_reruns_what_changed(tmp_path):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     status = _run(["dvc", "status", "--json"], tmp_path)
     changed = set(json.loads(status))
-    assert {"generate@local-gradmm-0", "filter@local-gradmm-0"} <= changed
+    assert "generate@local-gradmm-0" in changed  # filter and finetune follow once its output changes
     assert not any(s.startswith(("prepare", "baseline")) for s in changed)
     assert "finetune@local-random_real-0" not in changed
