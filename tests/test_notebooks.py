@@ -12,6 +12,7 @@ manual check against the real project, with the side effects above.)
 
 import ast
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -125,3 +126,27 @@ def test_classification_notebook_runs_with_tiny_parameters(tmp_path, monkeypatch
     assert runs["tags.mlflow.runName"].str.match(r"local-tiny-random-\w+-n2-seed0-[0-9a-f]{6}$").all()
     assert (runs["tags.params_hash"].str.len() == 12).all() and "metrics.accuracy" in runs
     assert (tmp_path / "mlartifacts").is_dir()
+
+
+@pytest.mark.e2e
+def test_nbval_runs_the_notebook_with_tiny_parameters(tmp_path):
+    """nbval, as CI runs notebooks: the committed notebook with tiny parameters injected (papermill's
+    parameterize, the same cell `dvc repro report` injects), placed in a throw-away project so that its runs,
+    reports and mlflow.db stay under tmp_path. --nbval-lax: the committed notebook has no outputs to compare,
+    so every cell must simply run without error."""
+    import nbformat
+    from papermill.iorw import load_notebook_node
+    from papermill.parameterize import parameterize_notebook
+
+    tiny_project(tmp_path)
+    nb = load_notebook_node(str(ROOT / "notebooks" / "01_classification.ipynb"))
+    nb = parameterize_notebook(nb, {"datasets": ["local"], "methods": ["zero_shot", "random_real"],
+                                    "run_missing": True, "log_mlflow": False, "progress": False})
+    path = tmp_path / "01_classification.ipynb"
+    nbformat.write(nb, path)
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "--nbval-lax", "-p", "no:cacheprovider",
+                          "--rootdir", str(tmp_path), str(path)], cwd=tmp_path, env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+    assert "passed" in out.stdout and (tmp_path / "reports" / "tables" / "classification.csv").is_file()
