@@ -187,6 +187,23 @@ def cmd_finetune(args) -> dict:
     return result
 
 
+def cmd_diagnose(args) -> list:
+    from gradmm.diagnostics import format_distances, load_synthetic, target_distances
+    from gradmm.models import load_model
+    from gradmm.records import write_json
+
+    data_cfg, model_cfg = _data_model(args)
+    task = _task(args, data_cfg)
+    model, tok = load_model(model_cfg.name, model_cfg.device, model_cfg.dtype)
+    synthetic = load_synthetic(Path(args.synthetic)) if args.synthetic else None
+    rows = target_distances(model, tok, task, synthetic, args.set_size, args.n_sets, args.seed)
+    print("match loss f of text sets against each class target (mean ± std over sets; lower = closer)")
+    print(format_distances(rows))
+    if args.out:
+        write_json(Path(args.out), rows)
+    return rows
+
+
 def cmd_profile(args) -> None:
     from gradmm.config import apply_profile
     from gradmm.paths import PROJECT_ROOT
@@ -267,6 +284,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = stage("finetune", "fine-tune on a training set (or score in context) and report test accuracy", cmd_finetune)
     p.add_argument("--method", required=True, help="the method the training set belongs to")
     p.add_argument("--train", required=True, help="training set jsonl (text, label)")
+    p.add_argument("--seed", type=int, default=0)
+
+    p = stage("diagnose", "does the class target separate the classes? f of synthetic, real and random sets",
+              cmd_diagnose, needs_out=False)
+    p.add_argument("--synthetic", help="a synthetic jsonl (raw.jsonl or a training set) to place beside the references")
+    p.add_argument("--set-size", type=int, default=10)
+    p.add_argument("--n-sets", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
 
     p = sub.add_parser("profile", help="switch params.yaml to a profile (full, paper); quick is the committed one")
