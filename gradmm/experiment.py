@@ -97,6 +97,7 @@ def baseline_trainset(method: str, model, tokenizer, task: Task, cfg: Experiment
                                              progress=progress)
         scored = score_rows(model, tokenizer, task, [{"text": ex.text, "label": ex.label, "seed": seed} for ex in raw])
         kept, info["filter"] = filter_rows(model, tokenizer, task, scored, filter_cfg, progress=progress)
+        info["raw"] = scored  # every sample, kept or not, for inspection
         return kept, info
     else:
         raise ValueError(f"{method!r} is not a baseline: use one of {BASELINES}")
