@@ -96,8 +96,6 @@ def _guard_run_dir(out: Path, params: dict, archive_stale: bool = False) -> None
         archive.parent.mkdir(parents=True, exist_ok=True)
         out.rename(archive)
         log.info("moved the run with other params to %s", archive)
-    out.mkdir(parents=True, exist_ok=True)
-    path.write_text(blob)
 
 
 def task_fingerprint(task: Task) -> dict:
@@ -119,15 +117,19 @@ def generate(task: Task | DataConfig, model_cfg: ModelConfig, gen: GenerateConfi
     model, tok = load_model(model_cfg.name, model_cfg.device, model_cfg.dtype)
     allowed = allowed_token_mask(tok, model.get_input_embeddings().weight.shape[0])
     check_config(gen, int(allowed.sum()))
-    targets, snrs = build_targets(model, tok, task, gen, dp)
     prefix_ids = tok(task.template.prefix, add_special_tokens=False).input_ids if task.template.prefix else []
     suffix_ids = tok(task.template.suffix, add_special_tokens=False).input_ids
+    layouts = [Layout(prefix_ids, suffix_ids, sequence_length(tok, task, c, gen, dp)) for c in range(task.n_classes)]
+    for layout in layouts:
+        layout.check()  # before the targets and the ADMM: the expensive part
+    out.mkdir(parents=True, exist_ok=True)  # only a run that passed every check claims the directory
+    (out / "run_config.json").write_text(json.dumps(params, indent=2, sort_keys=True) + "\n")
+    targets, snrs = build_targets(model, tok, task, gen, dp)
     (out / "batches").mkdir(exist_ok=True)
     rows, per_class = [], []
     n_batches = gen.n_per_class // gen.batch_size
     for c in range(task.n_classes):
-        layout = Layout(prefix_ids, suffix_ids, sequence_length(tok, task, c, gen, dp))
-        layout.check()
+        layout = layouts[c]
         problem = Problem(model, targets[c], layout, decoding_prefix_ids(tok, task, c, gen), allowed, gen)
         results = []
         for b in range(n_batches):

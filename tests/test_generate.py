@@ -143,3 +143,12 @@ def test_ablation_options_run_and_emit_allowed_tokens(problem, options):
     assert len(out["history"]) == 2
     if options.get("projection") == "end_only":
         assert "f_Z" not in out["history"][0]  # no Z-step inside the loop
+
+
+def test_a_refused_run_leaves_the_directory_free_for_the_corrected_one(toy_data, tmp_path):
+    with pytest.raises(ValueError, match="no free position"):
+        generate(toy_data, TINY, GenerateConfig(**{**FAST, "max_seq_len": 2}), DPConfig(), tmp_path, progress=False)
+    assert not (tmp_path / "run_config.json").exists()
+    generate(toy_data, TINY, GenerateConfig(**{**FAST, "n_per_class": 2, "outer_steps": 1, "inner_steps": 1}),
+             DPConfig(), tmp_path, progress=False)
+    assert (tmp_path / "raw.jsonl").exists()
