@@ -271,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--variant", help="a generator variant (gradmm, gradmm_dp, gradmm_no_projection, ...)")
     p.add_argument("--seed", type=int, help="overrides generate.seed")
     p.add_argument("--archive-stale", action="store_true",
-                   help="move a run directory holding other params to runs/.archive/ instead of refusing")
+                   help="move a run directory holding other params to .archive/ beside it instead of refusing")
     p = stage("filter", "label-consistency filter, rank by match loss, balance -> training set", cmd_filter)
     p.add_argument("--raw", required=True, help="raw.jsonl written by `gradmm generate`")
     p.add_argument("--variant", help="the generator variant the raw texts came from (its dp settings apply)")

@@ -85,7 +85,7 @@ def sequence_length(tokenizer, task: Task, label: int, gen: GenerateConfig, dp: 
 
 def _guard_run_dir(out: Path, params: dict, archive_stale: bool = False) -> None:
     """Refuse to mix runs: a directory started with other params is left untouched, or (archive_stale, as
-    the DVC stage asks) moved whole to runs/.archive/ so that nothing finished is deleted."""
+    the DVC stage asks) moved whole to an .archive/ folder beside it, so that nothing finished is deleted."""
     path = out / "run_config.json"
     blob = json.dumps(params, indent=2, sort_keys=True) + "\n"
     if path.exists() and path.read_text() != blob:
