@@ -5,7 +5,7 @@ setup:
 	bash scripts/setup.sh
 
 quick: setup  ## the quick pipeline on CPU, then its table
-	.venv/bin/dvc repro && cat reports/tables/classification.md
+	bash scripts/quick.sh
 
 test: setup
 	.venv/bin/python -m pytest -q
