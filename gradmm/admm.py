@@ -21,6 +21,9 @@ from gradmm.models import input_embeddings, last_hidden
 from gradmm.projection import ORDERS, project_to_tokens
 
 
+INITS = ("random", "lm")
+
+
 @dataclass
 class GenerateConfig:
     n_per_class: int = 20  # raw synthetic texts per class (before filtering) = batches × batch_size
@@ -32,6 +35,7 @@ class GenerateConfig:
     lr: float = 0.01  # Adam on X (paper: 0.008)
     rho: float = 0.1  # ADMM penalty (paper sweeps 0.01–5)
     adaptive_rho: bool = False  # residual balancing (Boyd et al. 2011, §3.4.1): ×/÷ 2 when residuals differ 10×
+    rho_growth: float = 1.0  # ρ ← ρ·growth after every outer iteration (>1: continuation, X is pulled onto Z)
     topk: int = 200  # candidates per position in the Z-step (paper: 200)
     order: str = "nearest_then_probable"  # the authors' code; "probable_then_nearest" = the paper reader's
     projection: str = "admm"  # admm | end_only (the gradmm_no_projection ablation: optimise X, decode once)
@@ -42,6 +46,9 @@ class GenerateConfig:
     center: bool = False  # issue 9 (b): subtract the pool's mean final hidden state before the cosine
     stop_changed_fraction: float = 0.0  # stop once fewer than this share of tokens change (0 = never)
     decoding_prefix: str = "instruction"  # instruction (label-conditioned, as the authors) | none
+    template: str = ""  # the template whose gradient is matched: a name in data.TEMPLATES; "" = the task's own
+    joint: bool = False  # issue 9 (c): every batch holds all classes, matched against the whole pool's gradient
+    init: str = "random"  # random (the paper) | lm: start from LM samples under the class instruction (issue 9 e)
     seed: int = 0
 
 
@@ -60,6 +67,10 @@ def check_config(cfg: GenerateConfig, allowed_vocab: int | None = None) -> None:
         raise ValueError(f"generate.projection {cfg.projection!r}: use 'admm' or 'end_only'")
     if cfg.decoding_prefix not in ("instruction", "none"):
         raise ValueError(f"generate.decoding_prefix {cfg.decoding_prefix!r}: use 'instruction' or 'none'")
+    if cfg.init not in INITS:
+        raise ValueError(f"generate.init {cfg.init!r}: use one of {INITS}")
+    if cfg.rho_growth < 1.0:
+        raise ValueError(f"generate.rho_growth must be ≥ 1 (a shrinking ρ never reaches consensus), got {cfg.rho_growth}")
     if cfg.lr <= 0 or cfg.grad_clip <= 0:
         raise ValueError(f"generate.lr and generate.grad_clip must be > 0, got {cfg.lr}, {cfg.grad_clip}")
     if allowed_vocab is not None and cfg.topk > allowed_vocab:
@@ -115,10 +126,58 @@ class Problem:
         h = last_hidden(self.model, input_ids=ids)
         return match_loss(h, head_logits(self.model, h), self.y, self.target, per_sample=per_sample).float()
 
+    def groups(self, batch_size: int) -> list[tuple[torch.Tensor, list[int]]]:
+        """(rows, decoding prefix) pairs: the rows of a batch that are decoded after the same prefix."""
+        return [(torch.arange(batch_size), self.decoding_prefix)]
+
     def project(self, E: torch.Tensor, progress: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        return project_to_tokens(self.model, E, self.decoding_prefix, self.allowed, self.cfg.topk, self.cfg.order,
-                                 fixed_suffix_ids=self.layout.suffix_ids, fixed_prefix_ids=self.layout.prefix_ids,
-                                 progress=progress)
+        ids = torch.empty(E.shape[:2], dtype=torch.long, device=E.device)
+        logppl = torch.empty(E.shape[0])
+        for rows, prefix in self.groups(E.shape[0]):
+            ids[rows], logppl[rows] = project_to_tokens(
+                self.model, E[rows], prefix, self.allowed, self.cfg.topk, self.cfg.order,
+                fixed_suffix_ids=self.layout.suffix_ids, fixed_prefix_ids=self.layout.prefix_ids, progress=progress)
+        return ids, logppl
+
+    @torch.no_grad()
+    def sample_ids(self, batch_size: int, seed: int) -> torch.Tensor:
+        """(B, L) token ids: each row's free positions sampled from the LM after its decoding prefix (and the
+        template's fixed prefix), allowed word tokens only, exactly as many as there are free positions."""
+        free = self.layout.free
+        n_free, dev = free.stop - free.start, self.emb.device
+        banned = (~self.allowed).nonzero().squeeze(1).tolist()
+        ids = torch.tensor(self.layout.prefix_ids + [0] * n_free + self.layout.suffix_ids, device=dev).repeat(batch_size, 1)
+        with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+            torch.manual_seed(seed)
+            for rows, prefix in self.groups(batch_size):
+                ctx = torch.tensor(prefix + self.layout.prefix_ids, device=dev)[None].expand(len(rows), -1)
+                out = self.model.generate(input_ids=ctx, attention_mask=torch.ones_like(ctx), do_sample=True,
+                                          temperature=1.0, top_k=0, top_p=1.0, min_new_tokens=n_free,
+                                          max_new_tokens=n_free, suppress_tokens=banned,
+                                          pad_token_id=0)  # never used: every row runs to n_free tokens
+                ids[rows.to(dev), free] = out[:, ctx.shape[1]:]
+        return ids
+
+
+class JointProblem(Problem):
+    """Issue 9 (c): a batch holds B/C rows of every class, matched together against the gradient of the whole
+    labelled pool (the gradient fine-tuning on the pool would take). Row i has its class's label token and is
+    decoded after its class's instruction."""
+
+    def __init__(self, model, target: Target, layout: Layout, decoding_prefixes: list[list[int]],
+                 label_ids: list[int], allowed: torch.Tensor, cfg: GenerateConfig):
+        super().__init__(model, target, layout, [], allowed, cfg)
+        C = len(label_ids)
+        if cfg.batch_size % C:
+            raise ValueError(f"generate.joint needs batch_size ({cfg.batch_size}) divisible by the {C} classes")
+        self.row_class = torch.arange(C).repeat_interleave(cfg.batch_size // C)
+        self.y = torch.tensor(label_ids, device=self.emb.device)[self.row_class.to(self.emb.device)]
+        self.decoding_prefixes = decoding_prefixes
+
+    def groups(self, batch_size: int) -> list[tuple[torch.Tensor, list[int]]]:
+        if batch_size != len(self.row_class):
+            raise ValueError(f"a joint batch has {len(self.row_class)} rows, got {batch_size}")
+        return [((self.row_class == c).nonzero().squeeze(1), p) for c, p in enumerate(self.decoding_prefixes)]
 
 
 def median_embedding_norm(model) -> float:
@@ -127,19 +186,25 @@ def median_embedding_norm(model) -> float:
 
 @torch.no_grad()
 def initialise(problem: Problem, batch_size: int, generator: torch.Generator) -> torch.Tensor:
-    """Best of `init_candidates` random N(0,1) batches by f (spec 4.2), each position rescaled to init_norm.
+    """Best of `init_candidates` batches by f (spec 4.2).
 
-    The authors rescale after choosing; here candidates are rescaled first, so the batch kept is the one that
-    scored best at the scale it starts from. The norm defaults to the model's own embedding norm (the paper's
-    1.4 was tuned for Phi-1.5; SmolLM2's median is 3.1).
+    init="random": N(0,1) vectors, each position rescaled to init_norm. The authors rescale after choosing;
+    here candidates are rescaled first, so the batch kept is the one that scored best at the scale it starts
+    from. The norm defaults to the model's own embedding norm (the paper's 1.4 was tuned for Phi-1.5;
+    SmolLM2's median is 3.1).
+    init="lm": the embeddings of LM samples under the class instruction (GRADMM refining LM text, issue 9 e).
     """
     cfg = problem.cfg
     norm = cfg.init_norm or median_embedding_norm(problem.model)
     best, best_loss = None, math.inf
     L, d = problem.layout.seq_len, problem.emb.shape[1]
     for _ in range(cfg.init_candidates):
-        X = torch.randn(batch_size, L, d, generator=generator).to(problem.emb.device)
-        X = problem.freeze(X / X.norm(dim=-1, keepdim=True) * norm)
+        if cfg.init == "lm":
+            seed = int(torch.randint(2**31 - 1, (1,), generator=generator))
+            X = problem.freeze(problem.emb[problem.sample_ids(batch_size, seed)])
+        else:
+            X = torch.randn(batch_size, L, d, generator=generator).to(problem.emb.device)
+            X = problem.freeze(X / X.norm(dim=-1, keepdim=True) * norm)
         loss = problem.f(X).item() if cfg.matching_weight else 0.0
         if loss < best_loss:
             best, best_loss = X, loss
@@ -206,7 +271,9 @@ def run_batch(problem: Problem, batch_size: int, seed: int, checkpoint: Path | N
             Lam = Lam + rho * (X.detach() - Z) * free_mask  # dual ascent
             primal = (X.detach() - Z).norm().item()
             record.update(primal_residual=primal, dual_norm=(Lam / rho).norm(dim=-1).mean().item())
-            if cfg.adaptive_rho and t > 0:
+            if cfg.rho_growth != 1.0:
+                rho *= cfg.rho_growth
+            elif cfg.adaptive_rho and t > 0:
                 if primal > 10 * record["dual_residual"]:
                     rho *= 2
                 elif record["dual_residual"] > 10 * primal:

@@ -205,6 +205,37 @@ def cmd_diagnose(args) -> list:
     return rows
 
 
+def cmd_study(args) -> list:
+    from gradmm.experiment import ExperimentConfig
+    from gradmm.filtering import FilterConfig
+    from gradmm.finetune import FinetuneConfig, check_config
+    from gradmm.study import StudyConfig, check_study, finetune_overrides, run_cell
+
+    data_cfg, model_cfg = _data_model(args)
+    cfg = load_config(StudyConfig, "study", args.params, args.overrides)
+    check_study(cfg)
+    if args.method not in cfg.methods:
+        raise ValueError(f"method {args.method!r} is not in study.methods {cfg.methods}")
+    ft = load_config(FinetuneConfig, "finetune", args.params, finetune_overrides(cfg) + list(args.overrides))
+    check_config(ft)
+    results = run_cell(_task(args, data_cfg), args.method, cfg, args.params, model_cfg, ft,
+                       load_config(FilterConfig, "filter", args.params, args.overrides),
+                       load_config(ExperimentConfig, "experiment", args.params, args.overrides), Path(args.out),
+                       overrides=args.overrides)
+    accs = [r["test_accuracy"] for r in results]
+    print(f"{args.method}: {len(accs)} runs, test accuracy mean {sum(accs) / len(accs):.3f} "
+          f"(min {min(accs):.3f}, max {max(accs):.3f}) -> {args.out}")
+    return results
+
+
+def cmd_study_report(args) -> None:
+    from gradmm.study import write_report
+
+    df = write_report(args.runs, args.reports)
+    print((Path(args.reports) / "tables" / "variants.md").read_text())
+    print(f"{len(df)} runs -> {args.reports}/tables/variants.csv, {args.reports}/figures/variants.png")
+
+
 def cmd_profile(args) -> None:
     from gradmm.config import apply_profile
     from gradmm.paths import PROJECT_ROOT
@@ -293,6 +324,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set-size", type=int, default=10)
     p.add_argument("--n-sets", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
+
+    p = stage("study", "one dataset × method cell of the variants study (issue 9): generate, filter, fine-tune "
+              "over study.seeds (resumable)", cmd_study)
+    p.add_argument("--method", required=True, help="a GRADMM variant or a study baseline (study.methods)")
+    p = sub.add_parser("study-report", help="variants study: reports/tables/variants.{csv,md}, figures/variants.png")
+    p.add_argument("--runs", default="runs/study", help="the study's cells (<runs>/<dataset>/<method>/)")
+    p.add_argument("--reports", default="reports")
+    p.set_defaults(func=cmd_study_report)
 
     p = sub.add_parser("profile", help="switch params.yaml to a profile (full, paper); quick is the committed one")
     p.add_argument("name", help="a file name in profiles/ without .yaml: full | paper")

@@ -67,3 +67,14 @@ def format_distances(rows: list[dict]) -> str:
 
 def load_synthetic(path: Path) -> list[dict]:
     return read_jsonl(path) if Path(path).is_file() else []
+
+
+def bootstrap_ci(values: list[float], n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> list[float]:
+    """Percentile bootstrap interval of the mean of `values` ([nan, nan] for fewer than 2 values)."""
+    if len(values) < 2:
+        return [float("nan"), float("nan")]
+    t = torch.tensor(values, dtype=torch.float64)
+    idx = torch.randint(len(values), (n_boot, len(values)), generator=torch.Generator().manual_seed(seed))
+    means = t[idx].mean(1)
+    lo, hi = torch.quantile(means, torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64)).tolist()
+    return [lo, hi]

@@ -19,12 +19,23 @@ from pathlib import Path
 from gradmm.data import Example, Task, Template
 from gradmm.records import read_jsonl, write_json, write_jsonl
 
-# Generator variants: overrides of the generate / dp sections (the faithful settings are the defaults).
+# Generator variants: overrides of the generate / dp / filter sections (the faithful settings are the
+# defaults). The issue-9 variants (a–g) are measured against each other in gradmm.study.
 GENERATORS = {
     "gradmm": {},
     "gradmm_dp": {"dp": {"enabled": True}},
     "gradmm_no_projection": {"generate": {"projection": "end_only"}},
-    "gradmm_no_matching": {"generate": {"matching_weight": 0.0}},
+    "gradmm_no_matching": {"generate": {"matching_weight": 0.0}},  # (g) the gradient's own value
+    # (a) a template whose label word is probable; its 11 fixed tokens need a longer cap for the same free length
+    "gradmm_review": {"generate": {"template": "review", "max_seq_len": 40}},
+    "gradmm_centered": {"generate": {"center": True}},  # (b) the component shared by all classes removed
+    "gradmm_joint": {"generate": {"joint": True}},  # (c) all classes against the pool's fine-tuning gradient
+    # (d) an ADMM that settles: ρ where the penalty and matching gradients are of one scale, fewer candidates
+    # per position (the greedy Z-step's cascade), more inner steps, stop when < 10 % of tokens change
+    "gradmm_converge": {"generate": {"rho": 0.01, "lr": 0.02, "inner_steps": 8, "topk": 20,
+                                     "stop_changed_fraction": 0.1}},
+    "gradmm_lm_init": {"generate": {"init": "lm"}},  # (e) GRADMM refining LM samples of the class
+    "gradmm_pool_filter": {"filter": {"classifier": "both"}},  # (f) + a pool-trained classifier checked on dev
 }
 BASELINES = ("zero_shot", "few_shot", "random_real", "herding", "kcenter", "llm_zero_shot_gen", "llm_few_shot_gen",
              "full_real")

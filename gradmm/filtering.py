@@ -20,12 +20,16 @@ from gradmm.data import Example, Task, TEMPLATES, Template, deduplicate
 from gradmm.scoring import predict, sample_demos
 
 
+CLASSIFIERS = ("lm", "pool_logreg", "both")
+
+
 @dataclass
 class FilterConfig:
     n_per_class: int = 10  # the budget: texts per class in the final training set
     label_filter: bool = True  # drop texts the LM classifies as another class
     label_template: str = "review"  # template the filter classifies with ("" = the task's own)
     label_shots: int = 4  # demonstrations per class from the pool (forced to 0 in DP runs)
+    classifier: str = "lm"  # who checks labels: lm (in context, the paper) | pool_logreg | both (issue 9 f)
     rank: str = "score"  # score = match_loss + alpha·log_perplexity | none (generation order)
     alpha: float = 0.0  # weight of log-perplexity in the score (the authors try 0 and 0.05)
     balance: bool = True  # cut every class to the same count
@@ -35,6 +39,8 @@ class FilterConfig:
 def check_config(cfg: FilterConfig) -> None:
     if cfg.n_per_class < 1:
         raise ValueError(f"filter.n_per_class must be ≥ 1, got {cfg.n_per_class}")
+    if cfg.classifier not in CLASSIFIERS:
+        raise ValueError(f"filter.classifier {cfg.classifier!r}: use one of {CLASSIFIERS}")
     if cfg.rank not in ("score", "none"):
         raise ValueError(f"filter.rank {cfg.rank!r}: use 'score' or 'none'")
     if cfg.label_shots < 0:
@@ -64,13 +70,19 @@ def filter_rows(model, tokenizer, task: Task, rows: list[dict], cfg: FilterConfi
     rows = [r for r in rows if Example(r["text"], r["label"]) in keep and len(r["text"].split()) >= 2]
     rows = list({(r["text"], r["label"]): r for r in rows}.values())  # first copy of exact repeats
     stats["deduplicated"] = _counts(rows, task.n_classes)
-    if cfg.label_filter and rows:
+    if cfg.label_filter and cfg.classifier != "lm" and private:
+        raise ValueError(f"filter.classifier={cfg.classifier!r} is trained on the private pool: use 'lm' in DP runs")
+    if cfg.label_filter and rows and cfg.classifier in ("lm", "both"):
         shots = 0 if private else cfg.label_shots
         demos = sample_demos(task.pool, shots, task.n_classes, cfg.seed)
         preds = predict(model, tokenizer, [r["text"] for r in rows], label_template(task, cfg), demos,
                         progress=progress, desc="label filter")
         rows = [r for r, p in zip(rows, preds.tolist()) if p == r["label"]]
         stats["label_consistent"] = _counts(rows, task.n_classes)
+    if cfg.label_filter and rows and cfg.classifier in ("pool_logreg", "both"):
+        preds, stats["classifier_dev_accuracy"] = pool_classifier_predictions(task, [r["text"] for r in rows])
+        rows = [r for r, p in zip(rows, preds) if p == r["label"]]
+        stats["classifier_consistent"] = _counts(rows, task.n_classes)
     by_class = [[r for r in rows if r["label"] == c] for c in range(task.n_classes)]
     if cfg.rank == "score":
         by_class = [sorted(rs, key=lambda r: r["match_loss"] + cfg.alpha * r["log_perplexity"]) for rs in by_class]
@@ -81,6 +93,19 @@ def filter_rows(model, tokenizer, task: Task, rows: list[dict], cfg: FilterConfi
     kept = [r for rs in by_class for r in rs]
     stats["kept"] = _counts(kept, task.n_classes)
     return kept, stats
+
+
+def pool_classifier_predictions(task: Task, texts: list[str]) -> tuple[list[int], float]:
+    """Labels of texts by a logistic regression on MiniLM sentence embeddings fitted to the pool, and that
+    classifier's accuracy on the dev split (a label checker that is itself checked; issue 9 f)."""
+    from sklearn.linear_model import LogisticRegression
+
+    from gradmm.baselines import minilm_embeddings
+
+    clf = LogisticRegression(max_iter=2000).fit(minilm_embeddings([ex.text for ex in task.pool]).numpy(),
+                                                [ex.label for ex in task.pool])
+    dev_acc = float(clf.score(minilm_embeddings([ex.text for ex in task.dev]).numpy(), [ex.label for ex in task.dev]))
+    return clf.predict(minilm_embeddings(texts).numpy()).tolist(), dev_acc
 
 
 def score_rows(model, tokenizer, task: Task, rows: list[dict]) -> list[dict]:

@@ -9,16 +9,17 @@ import hashlib
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
-from gradmm.admm import GenerateConfig, Layout, Problem, check_config, run_batch
+from gradmm.admm import GenerateConfig, JointProblem, Layout, Problem, check_config, run_batch
 from gradmm.config import as_dict, config_hash
-from gradmm.data import DataConfig, Task, load_task
+from gradmm.data import TEMPLATES, DataConfig, Task, load_task
 from gradmm.dp import MECHANISMS, noisy_target
-from gradmm.matching import Target, class_targets
+from gradmm.matching import Target, class_targets, joint_target
+from gradmm.scoring import first_label_ids
 from gradmm.models import ModelConfig, load_model
 from gradmm.projection import allowed_token_mask
 from gradmm.records import write_json, write_jsonl
@@ -51,11 +52,16 @@ def check_dp(cfg: DPConfig) -> None:
 
 
 def build_targets(model, tokenizer, task: Task, gen: GenerateConfig, dp: DPConfig) -> tuple[list[Target], list]:
-    """One target per class from the generation pool; with DP, clipped and noised once (SNR per class)."""
+    """One target per class from the generation pool (or one joint target); with DP, clipped and noised once
+    (SNR per target). `task.template` is the template matched (see `matching_task`)."""
     if dp.enabled and gen.center:
         raise ValueError("generate.center with dp.enabled is not supported yet: the pool's mean hidden state "
                          "would need its own privatisation")
-    targets = class_targets(model, tokenizer, task.pool, task.template, center="pool" if gen.center else None)
+    center = "pool" if gen.center else None
+    if gen.joint:  # one target: the whole pool's gradient, each example for its own label
+        targets = [joint_target(model, tokenizer, task.pool, task.template, center=center)]
+    else:
+        targets = class_targets(model, tokenizer, task.pool, task.template, center=center)
     if not dp.enabled:
         return targets, [None] * len(targets)
     noisy = [noisy_target(t, dp.epsilon, dp.delta, dp.clip_norm, dp.mechanism, dp.relation, seed=dp.noise_seed + c)
@@ -73,17 +79,31 @@ def decoding_prefix_ids(tokenizer, task: Task, label: int, gen: GenerateConfig) 
     return instruction_ids(tokenizer, task, instruction(task, label))
 
 
-def sequence_length(tokenizer, task: Task, label: int, gen: GenerateConfig, dp: DPConfig) -> int:
+def matching_task(task: Task, gen: GenerateConfig) -> Task:
+    """The task with the template whose gradient is matched (generate.template; issue 9 a)."""
+    if not gen.template:
+        return task
+    if gen.template not in TEMPLATES:
+        raise ValueError(f"generate.template {gen.template!r}: use '' (the task's own) or one of {sorted(TEMPLATES)}")
+    template = TEMPLATES[gen.template]
+    if len(template.label_words) != task.n_classes:
+        raise ValueError(f"generate.template {gen.template!r} has {len(template.label_words)} label words for "
+                         f"{task.n_classes} classes")
+    return replace(task, template=template)
+
+
+def sequence_length(tokenizer, task: Task, label: int | None, gen: GenerateConfig, dp: DPConfig) -> int:
+    """L of a class's sequences (label None: of a joint batch, over the whole pool)."""
     if gen.seq_len:
         return gen.seq_len
     if dp.enabled:  # the real mean length is not private: use the public cap
         return gen.max_seq_len
     lengths = [len(tokenizer(task.template.prompt(ex.text), add_special_tokens=False).input_ids)
-               for ex in task.pool if ex.label == label]
+               for ex in task.pool if label is None or ex.label == label]
     return min(gen.max_seq_len, int(sum(lengths) / len(lengths)))
 
 
-def _guard_run_dir(out: Path, params: dict, archive_stale: bool = False) -> None:
+def guard_run_dir(out: Path, params: dict, archive_stale: bool = False) -> None:
     """Refuse to mix runs: a directory started with other params is left untouched, or (archive_stale, as
     the DVC stage asks) moved whole to an .archive/ folder beside it, so that nothing finished is deleted."""
     path = out / "run_config.json"
@@ -112,32 +132,42 @@ def generate(task: Task | DataConfig, model_cfg: ModelConfig, gen: GenerateConfi
     out = Path(out)
     task = load_task(task) if isinstance(task, DataConfig) else task
     params = {"task": task_fingerprint(task), "model": as_dict(model_cfg), "generate": as_dict(gen), "dp": as_dict(dp)}
-    _guard_run_dir(out, params, archive_stale)
+    guard_run_dir(out, params, archive_stale)
     start = time.perf_counter()
     model, tok = load_model(model_cfg.name, model_cfg.device, model_cfg.dtype)
     allowed = allowed_token_mask(tok, model.get_input_embeddings().weight.shape[0])
     check_config(gen, int(allowed.sum()))
+    task = matching_task(task, gen)
     prefix_ids = tok(task.template.prefix, add_special_tokens=False).input_ids if task.template.prefix else []
     suffix_ids = tok(task.template.suffix, add_special_tokens=False).input_ids
-    layouts = [Layout(prefix_ids, suffix_ids, sequence_length(tok, task, c, gen, dp)) for c in range(task.n_classes)]
+    groups = [None] if gen.joint else list(range(task.n_classes))  # None: one joint group of all classes
+    layouts = [Layout(prefix_ids, suffix_ids, sequence_length(tok, task, c, gen, dp)) for c in groups]
     for layout in layouts:
         layout.check()  # before the targets and the ADMM: the expensive part
+    if gen.joint and gen.batch_size % task.n_classes:
+        raise ValueError(f"generate.joint needs batch_size ({gen.batch_size}) divisible by {task.n_classes} classes")
     out.mkdir(parents=True, exist_ok=True)  # only a run that passed every check claims the directory
     (out / "run_config.json").write_text(json.dumps(params, indent=2, sort_keys=True) + "\n")
     targets, snrs = build_targets(model, tok, task, gen, dp)
     (out / "batches").mkdir(exist_ok=True)
-    rows, per_class = [], []
-    n_batches = gen.n_per_class // gen.batch_size
-    for c in range(task.n_classes):
-        layout = layouts[c]
-        problem = Problem(model, targets[c], layout, decoding_prefix_ids(tok, task, c, gen), allowed, gen)
+    rows, per_group = [], []
+    for g, c in enumerate(groups):
+        layout = layouts[g]
+        if c is None:
+            problem = JointProblem(model, targets[0], layout,
+                                   [decoding_prefix_ids(tok, task, k, gen) for k in range(task.n_classes)],
+                                   first_label_ids(tok, task.template), allowed, gen)
+            name, n_batches, row_labels = "joint", gen.n_per_class * task.n_classes // gen.batch_size, problem.row_class.tolist()
+        else:
+            problem = Problem(model, targets[c], layout, decoding_prefix_ids(tok, task, c, gen), allowed, gen)
+            name, n_batches, row_labels = f"class{c}", gen.n_per_class // gen.batch_size, [c] * gen.batch_size
         results = []
         for b in range(n_batches):
-            done = out / "batches" / f"class{c}-batch{b}.pt"
+            done = out / "batches" / f"{name}-batch{b}.pt"
             if not done.exists():
-                log.info("class %s batch %d/%d", task.class_names[c], b + 1, n_batches)
-                seed = gen.seed * 1_000_003 + c * 1_009 + b  # independent, reproducible stream per batch
-                ckpt = out / "batches" / f"class{c}-batch{b}.ckpt"
+                log.info("%s batch %d/%d", name if c is None else task.class_names[c], b + 1, n_batches)
+                seed = gen.seed * 1_000_003 + (task.n_classes if c is None else c) * 1_009 + b  # own stream per batch
+                ckpt = out / "batches" / f"{name}-batch{b}.ckpt"
                 result = run_batch(problem, gen.batch_size, seed, ckpt, progress)
                 torch.save(result, done.with_suffix(".tmp"))
                 done.with_suffix(".tmp").replace(done)
@@ -146,20 +176,20 @@ def generate(task: Task | DataConfig, model_cfg: ModelConfig, gen: GenerateConfi
         for b, result in enumerate(results):
             for i, ids in enumerate(result["ids"]):
                 text = tok.decode(ids[layout.free].tolist(), skip_special_tokens=True).strip()
-                rows.append({"text": text, "label": c, "match_loss": round(result["per_sample_loss"][i].item(), 6),
+                rows.append({"text": text, "label": row_labels[i], "match_loss": round(result["per_sample_loss"][i].item(), 6),
                              "log_perplexity": round(result["logppl"][i].item(), 6), "batch": b, "seed": gen.seed})
-        per_class.append({
-            "class": task.class_names[c], "seq_len": layout.seq_len, "snr": snrs[c],
+        per_group.append({
+            "class": "joint" if c is None else task.class_names[c], "seq_len": layout.seq_len, "snr": snrs[g],
             "f_Z": [r["f_Z"] for r in results], "f_X_final": [r["f_X_final"] for r in results],
             "last_changed_fraction": [r["history"][-1].get("changed_fraction") for r in results],
             "mean_log_perplexity": sum(r["logppl"].mean().item() for r in results) / len(results)})
-        with (out / "history.jsonl").open("w" if c == 0 else "a") as f:
+        with (out / "history.jsonl").open("w" if g == 0 else "a") as f:
             for b, r in enumerate(results):
                 for rec in r["history"]:
-                    f.write(json.dumps({"class": c, "batch": b, **rec}) + "\n")
+                    f.write(json.dumps({"class": name if c is None else c, "batch": b, **rec}) + "\n")
     write_jsonl(out / "raw.jsonl", rows)
     metrics = {"dataset": task.name, "model": model_cfg.name, "params_hash": config_hash(model_cfg, gen, dp),
-               "n_raw": len(rows), "classes": per_class, "dp": dp.enabled,
+               "n_raw": len(rows), "classes": per_group, "dp": dp.enabled,
                "wall_seconds_this_call": round(time.perf_counter() - start, 1)}
     write_json(out / "generate_metrics.json", metrics)
     return metrics

@@ -235,6 +235,24 @@ def class_targets(model, tokenizer, examples: list[Example], template: Template,
                    center=center) for c, (H, logits) in enumerate(stats)]
 
 
+def joint_target(model, tokenizer, examples: list[Example], template: Template, batch_size: int = 16,
+                 max_tokens: int = 256, center: Tensor | str | None = None) -> Target:
+    """The average head gradient of all examples, each for its own label (issue 9 c): the gradient that
+    fine-tuning on them takes, G* = (1/n) Σ_j (p_j − e_{y_j}) h_jᵀ. Its `label_id` is −1: a synthetic batch
+    matched against it carries one label per row (`JointProblem`). `center` as in `class_targets`."""
+    if not examples:
+        raise ValueError("no examples given")
+    ys = first_label_ids(tokenizer, template)
+    H, logits = hidden_and_logits(model, tokenizer, [ex.text for ex in examples], template, batch_size, max_tokens)
+    if isinstance(center, str):
+        if center != "pool":
+            raise ValueError(f"center {center!r}: use None, a (d,) tensor or 'pool'")
+        center = H.mean(0)
+    y = torch.tensor([ys[ex.label] for ex in examples], device=logits.device)
+    _, b = output_head(model)
+    return Target(R=residuals(logits, y), H=_centred(H, center), label_id=-1, has_bias=b is not None, center=center)
+
+
 def cosine_distance_to_target(model, tokenizer, texts: list[str], template: Template, target: Target,
                               per_sample: bool = False, batch_size: int = 16, max_tokens: int = 256) -> Tensor:
     """Match loss of real or synthetic texts against a target, labelled with the target's label token.

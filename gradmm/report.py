@@ -225,7 +225,7 @@ def generation_diagnostics(run_dir: str | Path) -> pd.DataFrame:
             df[col] = math.nan
     metrics = run_dir / "generate_metrics.json"
     names = [c["class"] for c in json.loads(metrics.read_text())["classes"]] if metrics.is_file() else []
-    df["class_name"] = [names[c] if c < len(names) else str(c) for c in df["class"]]
+    df["class_name"] = [names[c] if isinstance(c, int) and c < len(names) else str(c) for c in df["class"]]
     df["run"] = run_dir.name
     first = ["run", "class_name"] + HISTORY_COLUMNS
     return df[first + [c for c in df.columns if c not in first]]

@@ -29,6 +29,9 @@ TINY_PARAMS = {
     "experiment": {"datasets": ["local"], "seeds": [0], "n_per_class": 2, "generators": ["gradmm"],
                    "baselines": ["zero_shot", "random_real"], "methods": ["zero_shot", "random_real", "gradmm"],
                    "llm_raw_per_class": 2, "llm_shots": 1, "coreset_features": "minilm"},
+    "study": {"datasets": ["local"], "n_per_class": [2], "raw_per_class": 4, "generation_seeds": [0], "seeds": [0, 1],
+              "methods": ["random_real", "gradmm_joint"], "generate": {"outer_steps": 1}, "finetune": {},
+              "diagnostics_sets": 1},
 }
 
 
@@ -53,6 +56,8 @@ def test_dvc_pipeline_runs_once_and_only_reruns_what_changed(tmp_path):
     for method in ("zero_shot", "random_real", "gradmm"):
         result = json.loads((tmp_path / "runs/local/results" / f"{method}-seed0.json").read_text())
         assert 0 <= result["test_accuracy"] <= 1 and result["method"] == method
+    study = (tmp_path / "reports/tables/variants.csv").read_text()  # the variants study ran too
+    assert study.count("gradmm_joint") == 2 and study.count("random_real") == 2
     assert "up to date" in _run(["dvc", "repro"], tmp_path)
 
     params = yaml.safe_load((tmp_path / "params.yaml").read_text())
@@ -63,3 +68,4 @@ def test_dvc_pipeline_runs_once_and_only_reruns_what_changed(tmp_path):
     assert "generate@local-gradmm-0" in changed  # filter and finetune follow once its output changes
     assert not any(s.startswith(("prepare", "baseline")) for s in changed)
     assert "finetune@local-random_real-0" not in changed
+    assert "study@local-gradmm_joint" in changed and "study@local-random_real" in changed  # both read `generate`

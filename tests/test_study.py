@@ -1,0 +1,86 @@
+"""The variants study (issue 9) on the tiny model: a cell runs, resumes, refuses bad input, and reports."""
+
+import json
+
+import pytest
+import yaml
+
+from gradmm.cli import main
+from gradmm.data import TEMPLATES, Task
+from gradmm.experiment import write_task
+from gradmm.study import StudyConfig, check_study, collect, method_overrides
+from tests.conftest import toy_examples
+
+PARAMS = {
+    "model": {"name": "tiny-random", "device": "cpu"},
+    "generate": {"batch_size": 2, "outer_steps": 2, "inner_steps": 2, "topk": 20, "init_candidates": 2,
+                 "max_seq_len": 10},
+    "filter": {"label_filter": False},
+    "finetune": {"learning_rates": [1.0e-3], "steps": 2, "batch_size": 2},
+    "experiment": {"llm_shots": 1},
+    "study": {"datasets": ["toy"], "n_per_class": [2], "raw_per_class": 4, "generation_seeds": [0], "seeds": [0, 1],
+              "methods": ["zero_shot", "random_real", "gradmm", "gradmm_converge"], "generate": {"outer_steps": 1},
+              "finetune": {"learning_rates": [1.0e-3, 1.0e-2]}, "diagnostics_sets": 1},
+}
+
+
+@pytest.fixture
+def project(tmp_path):
+    rows = toy_examples(30)
+    write_task(Task("toy", ["negative", "positive"], TEMPLATES["paper"], rows[:20], rows[20:40], rows[40:]),
+               tmp_path / "task")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(PARAMS))
+    return tmp_path
+
+
+def _study(project, method, *extra):
+    return main(["study", "--params", str(project / "params.yaml"), "--task", str(project / "task"),
+                 "--method", method, "--out", str(project / "study" / "toy" / method), *extra])
+
+
+def test_a_gradmm_cell_generates_once_and_finetunes_every_seed(project):
+    assert _study(project, "gradmm") == 0
+    cell = project / "study" / "toy" / "gradmm"
+    results = [json.loads((cell / f"result-n2-g0-s{s}.json").read_text()) for s in (0, 1)]
+    assert [r["seed"] for r in results] == [0, 1]
+    assert all(r["train_file"] == "trainset-n2-g0.jsonl" and r["dev_accuracies"].keys() == {"0.001", "0.01"}
+               for r in results)  # one generated set, the study's LR grid picked on dev
+    assert json.loads((cell / "generated-g0" / "run_config.json").read_text())["generate"]["outer_steps"] == 1
+    diag = json.loads((cell / "diagnostics-g0.json").read_text())
+    assert len(diag["targets"]) == 2 and 0 < diag["targets"][0]["label_word_probability"] < 1
+    stamp = (cell / "result-n2-g0-s0.json").stat().st_mtime_ns
+    assert _study(project, "gradmm") == 0  # resumed: nothing redone
+    assert (cell / "result-n2-g0-s0.json").stat().st_mtime_ns == stamp
+
+
+def test_a_variant_keeps_its_own_settings_over_the_study_schedule():
+    cfg = StudyConfig(generate={"inner_steps": 3, "rho": 0.5}, raw_per_class=6)
+    ov = method_overrides("gradmm_converge", cfg, generation_seed=2)
+    assert ov.index("generate.rho=0.5") < ov.index("generate.rho=0.01")  # later wins: the variant's ρ
+    assert ov[-2:] == ["generate.n_per_class=6", "generate.seed=2"]
+
+
+def test_baselines_and_zero_shot_cells_and_the_report(project):
+    assert _study(project, "random_real") == 0 and _study(project, "zero_shot") == 0
+    cell = project / "study" / "toy" / "random_real"
+    assert (cell / "trainset-n2-s0.jsonl").is_file() and (cell / "trainset-n2-s1.jsonl").is_file()  # a subset per seed
+    assert len(list((project / "study" / "toy" / "zero_shot").glob("result-*.json"))) == 1  # deterministic
+    assert _study(project, "gradmm_converge") == 0
+    assert main(["study-report", "--runs", str(project / "study"), "--reports", str(project / "reports")]) == 0
+    df = collect(project / "study")
+    assert sorted(df.method.unique()) == ["gradmm_converge", "random_real", "zero_shot"] and len(df) == 5
+    md = (project / "reports" / "tables" / "variants.md").read_text()
+    assert "gradmm_converge" in md and "Diagnostics" in md
+    assert (project / "reports" / "figures" / "variants.png").stat().st_size > 1000
+
+
+def test_bad_study_input_fails_before_any_work(project, capsys):
+    assert _study(project, "herding") == 2  # not in study.methods
+    assert "not in study.methods" in capsys.readouterr().err
+    assert _study(project, "gradmm", "--set", 'study.methods=["gradmm", "magic"]') == 2
+    assert "'magic'" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="raw_per_class"):
+        check_study(StudyConfig(n_per_class=[10], raw_per_class=5))
+    with pytest.raises(ValueError, match="study.generate keys"):
+        check_study(StudyConfig(generate={"steps": 3}))
+    assert not (project / "study").exists()
