@@ -37,7 +37,8 @@ class GenerateConfig:
     adaptive_rho: bool = False  # residual balancing (Boyd et al. 2011, §3.4.1): ×/÷ 2 when residuals differ 10×
     rho_growth: float = 1.0  # ρ ← ρ·growth after every outer iteration (>1: continuation, X is pulled onto Z)
     topk: int = 200  # candidates per position in the Z-step (paper: 200)
-    order: str = "nearest_then_probable"  # the authors' code; "probable_then_nearest" = the paper reader's
+    order: str = "nearest_then_probable"  # the authors' code; probable_then_nearest = the paper reader's;
+    # proximal = the exact Z-step for h(z) = −log p(z): the LM's favourite at small ρ, the nearest token at large ρ
     projection: str = "admm"  # admm | end_only (the gradmm_no_projection ablation: optimise X, decode once)
     init_candidates: int = 16  # random batches scored at initialisation, best kept (paper: 500)
     init_norm: float = 0.0  # norm of each initial position vector; 0 = the model's median embedding norm
@@ -130,13 +131,14 @@ class Problem:
         """(rows, decoding prefix) pairs: the rows of a batch that are decoded after the same prefix."""
         return [(torch.arange(batch_size), self.decoding_prefix)]
 
-    def project(self, E: torch.Tensor, progress: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    def project(self, E: torch.Tensor, progress: bool, rho: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
         ids = torch.empty(E.shape[:2], dtype=torch.long, device=E.device)
         logppl = torch.empty(E.shape[0])
         for rows, prefix in self.groups(E.shape[0]):
             ids[rows], logppl[rows] = project_to_tokens(
                 self.model, E[rows], prefix, self.allowed, self.cfg.topk, self.cfg.order,
-                fixed_suffix_ids=self.layout.suffix_ids, fixed_prefix_ids=self.layout.prefix_ids, progress=progress)
+                fixed_suffix_ids=self.layout.suffix_ids, fixed_prefix_ids=self.layout.prefix_ids, progress=progress,
+                rho=rho)
         return ids, logppl
 
     @torch.no_grad()
@@ -245,7 +247,7 @@ def run_batch(problem: Problem, batch_size: int, seed: int, checkpoint: Path | N
         record = {"t": t, "rho": rho}
         if use_admm:  # Z-step
             prev = Z_ids
-            Z_ids, logppl = problem.project(X.detach() + Lam / rho, progress)
+            Z_ids, logppl = problem.project(X.detach() + Lam / rho, progress, rho)
             Z = problem.emb[Z_ids] * free_mask + problem.fixed_embeds
             f_Z = problem.f_ids(Z_ids).item()
             changed = 1.0 if prev is None else (Z_ids != prev)[:, problem.layout.free].float().mean().item()
@@ -288,7 +290,7 @@ def run_batch(problem: Problem, batch_size: int, seed: int, checkpoint: Path | N
             break
     # Final projection of the last iterate; the batch whose tokens match best over all Z-steps is kept.
     E = X.detach() + (Lam / rho if use_admm else 0)
-    ids, logppl = problem.project(E, progress)
+    ids, logppl = problem.project(E, progress, rho if use_admm else 0.0)
     f_final = problem.f_ids(ids).item()
     if f_final <= best["f_Z"]:
         best = {"f_Z": f_final, "ids": ids.cpu(), "logppl": logppl.cpu(), "t": cfg.outer_steps}

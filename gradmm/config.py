@@ -32,8 +32,16 @@ def parse_overrides(overrides: list[str]) -> dict[str, dict]:
         section, dot, name = key.partition(".")
         if not sep or not dot or not name:
             raise ValueError(f"override {item!r} must look like section.key=value (e.g. generate.rho=0.5)")
-        out.setdefault(section, {})[name] = yaml.safe_load(raw)
+        out.setdefault(section, {})[name] = parse_value(raw)
     return out
+
+
+def parse_value(raw: str):
+    """JSON first (so 1e-4 is a number: YAML 1.1 reads it as a string), then YAML (bare words, [a, b])."""
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return yaml.safe_load(raw)
 
 
 def load_config(cls, section: str, params_path: str | Path = "params.yaml", overrides: list[str] = ()):

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from gradmm.models import input_embeddings
 
-ORDERS = ("nearest_then_probable", "probable_then_nearest")
+ORDERS = ("nearest_then_probable", "probable_then_nearest", "proximal")
 # Word tokens only: ASCII letters, optionally one leading space (a word start such as " great"), at most 17
 # letters (the authors' length limit). Digits, punctuation, apostrophes and whitespace pieces are out.
 WORD_TOKEN = re.compile(r" ?[A-Za-z]{1,17}")
@@ -112,15 +112,15 @@ class _Chooser:
     Shared by the cached and the naive projection so that both break ties identically.
     """
 
-    def __init__(self, E_free, emb, allowed, k, order):
+    def __init__(self, E_free, emb, allowed, k, order, rho=0.0):
         if order not in ORDERS:
             raise ValueError(f"unknown order {order!r}: use one of {ORDERS}")
         self.allowed = _fit_mask(allowed, emb.shape[0], emb.device)
         _check_k(k, self.allowed)
-        self.k, self.order = k, order
-        self.emb_n = F.normalize(emb.detach().float(), dim=-1)
-        self.E_n = F.normalize(E_free.detach().to(emb.device).float(), dim=-1)  # (B, n_free, d)
-        if order == "nearest_then_probable":  # candidates depend on E only: rank them all at once
+        self.k, self.order, self.rho = k, order, rho
+        self.emb, self.E = emb.detach().float(), E_free.detach().to(emb.device).float()  # (B, n_free, d)
+        self.emb_n, self.E_n = F.normalize(self.emb, dim=-1), F.normalize(self.E, dim=-1)
+        if order != "probable_then_nearest":  # candidates depend on E only: rank them all at once
             sims = self.E_n @ self.emb_n.T
             sims.masked_fill_(~self.allowed, float("-inf"))
             self.knn = sims.topk(k, dim=-1).indices  # (B, n_free, k)
@@ -128,7 +128,7 @@ class _Chooser:
 
     def first_without_context(self, j):
         """Nearest allowed token at position j (used when the LM has nothing to condition on)."""
-        if self.order == "nearest_then_probable":
+        if self.order != "probable_then_nearest":
             return self.knn[:, j, 0]
         sims = self.E_n[:, j] @ self.emb_n.T
         return sims.masked_fill_(~self.allowed, float("-inf")).argmax(-1)
@@ -139,6 +139,13 @@ class _Chooser:
         if self.order == "nearest_then_probable":
             cand = self.knn[:, j]  # (B, k) nearest allowed tokens, best first
             pick = logits.gather(1, cand).argmax(-1)  # the most probable of them
+        elif self.order == "proximal":
+            # The exact ADMM Z-step for the regulariser h(z) = −log p(z | context): argmin over the candidates of
+            # −log p(z) + ρ/2 ‖e_z − (X + Λ/ρ)‖². Small ρ: the LM's favourite (as above); as ρ grows, the nearest
+            # token, so that a Z already at X is a fixed point and the iteration can settle.
+            cand = self.knn[:, j]
+            d2 = (self.emb[cand] - self.E[:, j, None]).square().sum(-1)
+            pick = (logits.log_softmax(-1).gather(1, cand) - self.rho / 2 * d2).argmax(-1)
         else:  # the paper reader's order: the k most probable allowed tokens, then the nearest of those
             cand = logits.masked_fill(~self.allowed, float("-inf")).topk(self.k, dim=-1).indices
             cos = torch.einsum("bkd,bd->bk", self.emb_n[cand], self.E_n[:, j])
@@ -169,16 +176,17 @@ def _assemble(fp, free, fs, nlls, n_scored):
 
 @torch.no_grad()
 def project_to_tokens(model, E, prefix_ids, allowed, k, order="nearest_then_probable", fixed_suffix_ids=None,
-                      fixed_prefix_ids=None, progress=True):
+                      fixed_prefix_ids=None, progress=True, rho=0.0):
     """Decode E's free positions to tokens, left to right with a KV cache.
 
     Returns (ids LongTensor[B, L] with the fixed tokens in place, logppl FloatTensor[B]): the mean natural-log
     NLL of the free tokens given decoding prefix + fixed prefix + the free tokens before them.
+    `rho`: the ADMM penalty, used by order="proximal" only.
     """
     device = input_embeddings(model).device
     fp, fs, n_free = _layout(E, fixed_prefix_ids, fixed_suffix_ids, device)
     B = E.shape[0]
-    choose = _Chooser(E[:, fp.numel():fp.numel() + n_free], input_embeddings(model), allowed, k, order)
+    choose = _Chooser(E[:, fp.numel():fp.numel() + n_free], input_embeddings(model), allowed, k, order, rho)
     ctx = _context(model, prefix_ids, fp, device)
     free, nlls = [], []
     cache = logits = None
@@ -202,13 +210,13 @@ def project_to_tokens(model, E, prefix_ids, allowed, k, order="nearest_then_prob
 
 @torch.no_grad()
 def project_to_tokens_naive(model, E, prefix_ids, allowed, k, order="nearest_then_probable", fixed_suffix_ids=None,
-                            fixed_prefix_ids=None, progress=True):
+                            fixed_prefix_ids=None, progress=True, rho=0.0):
     """project_to_tokens without a KV cache: a full forward of the growing sequence per position (the
     authors' way, spec 15.3). A reference for tests and the benchmark; same arguments and results."""
     device = input_embeddings(model).device
     fp, fs, n_free = _layout(E, fixed_prefix_ids, fixed_suffix_ids, device)
     B = E.shape[0]
-    choose = _Chooser(E[:, fp.numel():fp.numel() + n_free], input_embeddings(model), allowed, k, order)
+    choose = _Chooser(E[:, fp.numel():fp.numel() + n_free], input_embeddings(model), allowed, k, order, rho)
     ctx = _context(model, prefix_ids, fp, device).expand(B, -1)
     free, nlls = [], []
     for j in tqdm(range(n_free), desc="Z-step (naive)", leave=False, disable=not progress):

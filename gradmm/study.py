@@ -110,7 +110,9 @@ def run_cell(task, method: str, cfg: StudyConfig, params_file: str, model_cfg, f
             check_config(gens[g][0])
             check_dp(gens[g][1])
             check_filter(gens[g][2])
-    params = {"task": task_fingerprint(task), "method": method, "study": as_dict(cfg), "model": as_dict(model_cfg),
+    # What a cell's files depend on: more budgets, seeds, datasets or methods extend a study, they don't redo it.
+    study_keys = {k: v for k, v in as_dict(cfg).items() if k in ("raw_per_class", "generate", "finetune", "diagnostics_sets")}
+    params = {"task": task_fingerprint(task), "method": method, "study": study_keys, "model": as_dict(model_cfg),
               "finetune": as_dict(finetune_cfg), "filter": as_dict(filter_cfg), "experiment": as_dict(exp_cfg),
               "variant": {g: [as_dict(c) for c in v] for g, v in gens.items()}}
     _guard_cell(out, params)

@@ -8,9 +8,9 @@ export PATH="$PWD/.venv/bin:$PATH"
 if python -c "import sys, yaml; from gradmm.paths import data_dir; \
 d = data_dir(yaml.safe_load(open('params.yaml'))['data'].get('data_dir')); \
 sys.exit(0 if d and (d / 'rtpolarity').is_dir() else 1)"; then
-  dvc repro
+  dvc repro report  # the classification experiment; `dvc repro study_report` is the variants study
 else
   echo "quick.sh: no data directory with rtpolarity/ (set GRADMM_DATA_DIR): running on tweets only" >&2
-  dvc exp run -S 'experiment.datasets=[tweets]'
+  dvc exp run report -S 'experiment.datasets=[tweets]'
 fi
 cat reports/tables/classification.md

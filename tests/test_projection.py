@@ -101,7 +101,7 @@ def test_exact_embeddings_with_k1_are_reproduced(tiny3, order):
     fs = ids_of(tok, " It was")
     E_full = torch.cat([E, torch.zeros(2, len(fs), E.shape[-1])], dim=1)
     # k = 1 leaves the LM no choice among the nearest; among all allowed tokens the nearest is the token itself
-    k = 1 if order == "nearest_then_probable" else int(allowed.sum())
+    k = 1 if order != "probable_then_nearest" else int(allowed.sum())
     ids, _ = project_to_tokens(model, E_full, [], allowed, k, order=order, fixed_suffix_ids=fs, progress=False)
     assert torch.equal(ids, torch.cat([target, torch.tensor([fs, fs])], dim=1))
     assert torch.equal(embedding_only_decode(E, input_embeddings(model), allowed), target)
@@ -152,3 +152,19 @@ def test_smollm2_vocabulary_and_exact_sentence(smollm2):
     ids, logppl = project_to_tokens(model, E, prefix, allowed, 1, fixed_suffix_ids=fs, progress=False)
     assert ids[0].tolist() == sentence + fs
     torch.testing.assert_close(log_perplexity(model, ids, prefix, end=len(sentence)), logppl, atol=1e-4, rtol=0)
+
+
+def test_proximal_order_moves_from_the_lm_choice_to_the_nearest_token_as_rho_grows(tiny3):
+    model, tok, allowed = tiny3
+    emb = input_embeddings(model).detach()
+    ids = torch.tensor([ids_of(tok, " the film was a great story of love")[:6]] * 2)
+    E = emb[ids] + 0.01 * torch.randn(ids.shape + (emb.shape[1],), generator=torch.Generator().manual_seed(0))
+    prefix = ids_of(tok, "Write a review:")
+    lm_pick, _ = project_to_tokens(model, E, prefix, allowed, 20, "nearest_then_probable", progress=False)
+    small, _ = project_to_tokens(model, E, prefix, allowed, 20, "proximal", progress=False, rho=0.0)
+    assert torch.equal(small, lm_pick)  # ρ = 0: the LM's favourite among the k nearest
+    large, _ = project_to_tokens(model, E, prefix, allowed, 20, "proximal", progress=False, rho=1e6)
+    assert torch.equal(large, ids)  # ρ → ∞: the nearest token, so a Z already at X is a fixed point
+    naive, _ = project_to_tokens_naive(model, E, prefix, allowed, 20, "proximal", progress=False, rho=3.0)
+    cached, _ = project_to_tokens(model, E, prefix, allowed, 20, "proximal", progress=False, rho=3.0)
+    assert torch.equal(naive, cached)

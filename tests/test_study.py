@@ -84,3 +84,12 @@ def test_bad_study_input_fails_before_any_work(project, capsys):
     with pytest.raises(ValueError, match="study.generate keys"):
         check_study(StudyConfig(generate={"steps": 3}))
     assert not (project / "study").exists()
+
+
+def test_overrides_read_exponent_floats_as_numbers():
+    from gradmm.config import parse_overrides
+
+    ov = parse_overrides(["finetune.learning_rates=[5e-05, 0.0001]", "generate.lr=1e-3", "data.dataset=imdb",
+                          "generate.center=true", "data.label_names=[neg, pos]"])
+    assert ov["finetune"]["learning_rates"] == [5e-05, 1e-4] and ov["generate"]["lr"] == 1e-3
+    assert ov["data"] == {"dataset": "imdb", "label_names": ["neg", "pos"]} and ov["generate"]["center"] is True
