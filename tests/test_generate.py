@@ -68,11 +68,11 @@ def test_determinism_and_resume_are_byte_identical(toy_data, tmp_path, monkeypat
     calls = {"n": 0}
     real_project = admm.Problem.project
 
-    def dies_in_batch_1(self, E, progress):  # a kill in the middle of class 0, batch 1
+    def dies_in_batch_1(self, E, progress, rho=0.0):  # a kill in the middle of class 0, batch 1
         calls["n"] += 1
         if calls["n"] == 6:  # batch 0 makes 4 projections; batch 1 checkpoints after its first
             raise KeyboardInterrupt
-        return real_project(self, E, progress)
+        return real_project(self, E, progress, rho)
 
     monkeypatch.setattr(admm.Problem, "project", dies_in_batch_1)
     with pytest.raises(KeyboardInterrupt):

@@ -58,3 +58,19 @@ def test_smollm2_scores_obvious_reviews(smollm2):
              "an awful, boring waste of time. i hated it.", "terrible acting and a stupid plot."]
     preds = predict(model, tok, texts, TEMPLATES["review"], progress=False)
     assert preds.tolist() == [1, 1, 0, 0]
+
+
+def test_prompts_get_the_bos_a_tokenizer_adds_by_default(tiny):
+    import copy
+
+    from gradmm.scoring import bos_ids, prompt_ids
+
+    _, tok = tiny
+    assert bos_ids(tok) == [] and prompt_ids(tok, "a b c") == tok("a b c", add_special_tokens=False).input_ids
+    gemma_like = copy.deepcopy(tok)
+    gemma_like.add_bos_token = True  # as Gemma's tokenizer: every text starts with <bos>
+    gemma_like.__dict__.pop("_gradmm_bos_ids", None)  # the answer cached for the original tokenizer
+    assert gemma_like("a").input_ids[0] == gemma_like.bos_token_id
+    ids = prompt_ids(gemma_like, "one two three four five", max_tokens=3)
+    assert ids[0] == gemma_like.bos_token_id and len(ids) == 3  # BOS kept, the prompt's end kept
+    assert ids[1:] == tok("one two three four five", add_special_tokens=False).input_ids[-2:]
