@@ -231,3 +231,18 @@ def write_text_report(perplexity: list[dict], leakage: list[dict], diversity: li
     plot_perplexity(texts, figures / "perplexity.png")
     plot_privacy(privacy, figures / "privacy.png")
     return {"perplexity": summ, "perplexity_texts": texts, "privacy": privacy}
+
+
+def settings_from_params(params_file, datasets=None, n_per_class=None, model=None) -> tuple[list[str], int, str]:
+    """The notebook's None parameters from params.yaml: study.datasets, the first study budget, model.name."""
+    from gradmm.config import read_params
+
+    params = read_params(params_file) if Path(params_file).is_file() else {}
+    study = params.get("study") or {}
+    datasets = datasets or study.get("datasets")
+    n_per_class = n_per_class or (study.get("n_per_class") or [None])[0]
+    model = model or (params.get("model") or {}).get("name")
+    missing = [k for k, v in (("datasets", datasets), ("n_per_class", n_per_class), ("model", model)) if not v]
+    if missing:
+        raise ValueError(f"{missing} given neither as notebook parameters nor in {params_file} (study / model sections)")
+    return list(datasets), int(n_per_class), model
