@@ -231,7 +231,7 @@ def cmd_study(args) -> list:
 def cmd_study_report(args) -> None:
     from gradmm.study import write_report
 
-    df = write_report(args.runs, args.reports)
+    df = write_report(args.runs, args.reports, None if args.no_mlflow else args.params)
     print((Path(args.reports) / "tables" / "variants.md").read_text())
     print(f"{len(df)} runs -> {args.reports}/tables/variants.csv, {args.reports}/figures/variants.png")
 
@@ -331,6 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("study-report", help="variants study: reports/tables/variants.{csv,md}, figures/variants.png")
     p.add_argument("--runs", default="runs/study", help="the study's cells (<runs>/<dataset>/<method>/)")
     p.add_argument("--reports", default="reports")
+    p.add_argument("--params", default="params.yaml", help="params logged with each MLflow run")
+    p.add_argument("--no-mlflow", action="store_true", help="write the tables and figure only")
     p.set_defaults(func=cmd_study_report)
 
     p = sub.add_parser("profile", help="switch params.yaml to a profile (full, paper); quick is the committed one")

@@ -325,7 +325,36 @@ def plot(df: "pd.DataFrame", path_png: str | Path):
     return fig
 
 
-def write_report(study_dir: str | Path, reports_dir: str | Path) -> "pd.DataFrame":
+def log_to_mlflow(df: "pd.DataFrame", health_df: "pd.DataFrame", study_dir: str | Path, params: dict,
+                  experiment: str = "variants_study", project_root: str | Path = ".") -> list[str]:
+    """One MLflow run per result: params of its method (variant overrides applied), metrics incl. the
+    variant's diagnostics (diag_*), artifacts: its training set, the variant's diagnostics and ADMM history."""
+    import pandas as pd
+
+    from gradmm.tracking import log_result, relevant_params
+
+    diag = {(r["dataset"], r["method"], r["generation_seed"]): r for r in health_df.to_dict("records")}
+    ids = []
+    for row in df.to_dict("records"):
+        row = {k: v for k, v in row.items() if not pd.isna(v)}
+        cell = Path(study_dir) / row["dataset"] / row["method"]
+        g = row["generation_seed"]
+        for k, v in (diag.get((row["dataset"], row["method"], g)) or {}).items():
+            if k not in ("dataset", "method", "generation_seed") and not pd.isna(v):
+                row[f"diag_{k}"] = v
+        result_file = json.loads((cell / f"result-n{row['n_per_class']}-g{g}-s{row['seed']}.json").read_text())
+        artifacts = [(cell / result_file["train_file"], "trainset"), (cell / f"diagnostics-g{g}.json", "diagnostics"),
+                     (cell / f"generated-g{g}" / "history.jsonl", "diagnostics")]
+        p = relevant_params(params, row["method"], row["dataset"], row.get("model"), row.get("n_per_class"))
+        p["study"] = params.get("study") or {}
+        run_id = log_result(experiment, row, p, artifacts, {"generation_seed": g}, project_root)
+        if run_id:
+            ids.append(run_id)
+    return ids
+
+
+def write_report(study_dir: str | Path, reports_dir: str | Path, params_file: str | Path | None = None) -> "pd.DataFrame":
+    """Tables, figure and (with a params file) MLflow runs of the whole study."""
     df = collect(study_dir)
     if df.empty:
         raise FileNotFoundError(f"no study results under {study_dir}: run `dvc repro study_report` (or `gradmm study`)")
@@ -337,4 +366,8 @@ def write_report(study_dir: str | Path, reports_dir: str | Path) -> "pd.DataFram
     health_df.to_csv(reports / "tables" / "variants_health.csv", index=False)
     (reports / "tables" / "variants.md").write_text(markdown(summary(df), health_df))
     plot(df, reports / "figures" / "variants.png")
+    if params_file is not None and Path(params_file).is_file():  # after the files: MLflow never costs a result
+        from gradmm.config import read_params
+
+        log_to_mlflow(df, health_df, study_dir, read_params(params_file), project_root=Path(params_file).parent)
     return df

@@ -159,7 +159,8 @@ def run_name(result: dict, hash_: str) -> str:
 
 
 def _metrics(result: dict) -> dict[str, float]:
-    keys = ["accuracy", "dev_accuracy", "wall_seconds", "n_train"] + [k for k in result if k.startswith("share_")]
+    keys = ["accuracy", "dev_accuracy", "wall_seconds", "n_train", "majority_share"] + [
+        k for k in result if k.startswith(("share_", "diag_"))]
     out = {}
     for k in keys:
         try:

@@ -56,7 +56,7 @@ def test_a_gradmm_cell_generates_once_and_finetunes_every_seed(project):
 def test_a_variant_keeps_its_own_settings_over_the_study_schedule():
     cfg = StudyConfig(generate={"inner_steps": 3, "rho": 0.5}, raw_per_class=6)
     ov = method_overrides("gradmm_converge", cfg, generation_seed=2)
-    assert ov.index("generate.rho=0.5") < ov.index("generate.rho=0.01")  # later wins: the variant's ρ
+    assert ov.index("generate.rho=0.5") < ov.index("generate.rho=0.05")  # later wins: the variant's ρ
     assert ov[-2:] == ["generate.n_per_class=6", "generate.seed=2"]
 
 
@@ -66,12 +66,20 @@ def test_baselines_and_zero_shot_cells_and_the_report(project):
     assert (cell / "trainset-n2-s0.jsonl").is_file() and (cell / "trainset-n2-s1.jsonl").is_file()  # a subset per seed
     assert len(list((project / "study" / "toy" / "zero_shot").glob("result-*.json"))) == 1  # deterministic
     assert _study(project, "gradmm_converge") == 0
-    assert main(["study-report", "--runs", str(project / "study"), "--reports", str(project / "reports")]) == 0
+    assert main(["study-report", "--runs", str(project / "study"), "--reports", str(project / "reports"),
+                 "--params", str(project / "params.yaml")]) == 0
     df = collect(project / "study")
     assert sorted(df.method.unique()) == ["gradmm_converge", "random_real", "zero_shot"] and len(df) == 5
     md = (project / "reports" / "tables" / "variants.md").read_text()
     assert "gradmm_converge" in md and "Diagnostics" in md
     assert (project / "reports" / "figures" / "variants.png").stat().st_size > 1000
+    from mlflow.tracking import MlflowClient  # one MLflow run per result, with the variant's diagnostics
+
+    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("variants_study").experiment_id])
+    assert len(runs) == 5
+    conv = [r for r in runs if r.data.tags["method"] == "gradmm_converge"][0]
+    assert conv.data.params["generate.order"] == "proximal" and "diag_changed_fraction_last" in conv.data.metrics
 
 
 def test_bad_study_input_fails_before_any_work(project, capsys):
