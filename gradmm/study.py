@@ -246,7 +246,9 @@ def health(study_dir: str | Path = "runs/study") -> "pd.DataFrame":
         row = {"dataset": cell.parent.name, "method": cell.name, "generation_seed": g,
                "outer_steps_run": float(last["t"].mean() + 1),
                "changed_fraction_last": float(last["changed_fraction"].mean()),
-               "penalty_to_match_grad": float((last["grad_norm_penalty"] / last["grad_norm_match"].clip(lower=1e-12)).median()),
+               # NaN without a matching term (gradmm_no_matching): a ratio to zero says nothing
+               "penalty_to_match_grad": float((last["grad_norm_penalty"] / last["grad_norm_match"].where(
+                   last["grad_norm_match"] > 0)).median()),
                "f_Z_last": float(last["f_Z"].mean()), "logppl_Z_last": float(last["logppl_Z"].mean())}
         diag = cell / f"diagnostics-g{g}.json"
         if diag.is_file():
