@@ -209,6 +209,15 @@ def head_grads(model, tokenizer, texts: list[str], template: Template, label: in
     return residuals(logits, y), H
 
 
+def _resolve_center(center: Tensor | str | None, H_pool: Tensor) -> Tensor | None:
+    """None, a given (d,) vector, or "pool": the mean of the given final hidden states."""
+    if isinstance(center, str):
+        if center != "pool":
+            raise ValueError(f"center {center!r}: use None, a (d,) tensor or 'pool'")
+        return H_pool.mean(0)
+    return center
+
+
 def class_targets(model, tokenizer, examples: list[Example], template: Template, batch_size: int = 16,
                   max_tokens: int = 256, center: Tensor | str | None = None) -> list[Target]:
     """One Target per class: the average per-example head gradient of that class's real examples (spec 3.3).
@@ -226,10 +235,7 @@ def class_targets(model, tokenizer, examples: list[Example], template: Template,
         if not texts:
             raise ValueError(f"class {c} (label word {template.label_words[c]!r}) has no real examples")
     stats = [hidden_and_logits(model, tokenizer, texts, template, batch_size, max_tokens) for texts in by_class]
-    if isinstance(center, str):
-        if center != "pool":
-            raise ValueError(f"center {center!r}: use None, a (d,) tensor or 'pool'")
-        center = torch.cat([H for H, _ in stats]).mean(0)
+    center = _resolve_center(center, torch.cat([H for H, _ in stats]))
     _, b = output_head(model)
     return [Target(R=residuals(logits, ys[c]), H=_centred(H, center), label_id=ys[c], has_bias=b is not None,
                    center=center) for c, (H, logits) in enumerate(stats)]
@@ -244,10 +250,7 @@ def joint_target(model, tokenizer, examples: list[Example], template: Template, 
         raise ValueError("no examples given")
     ys = first_label_ids(tokenizer, template)
     H, logits = hidden_and_logits(model, tokenizer, [ex.text for ex in examples], template, batch_size, max_tokens)
-    if isinstance(center, str):
-        if center != "pool":
-            raise ValueError(f"center {center!r}: use None, a (d,) tensor or 'pool'")
-        center = H.mean(0)
+    center = _resolve_center(center, H)
     y = torch.tensor([ys[ex.label] for ex in examples], device=logits.device)
     _, b = output_head(model)
     return Target(R=residuals(logits, y), H=_centred(H, center), label_id=-1, has_bias=b is not None, center=center)
