@@ -10,8 +10,8 @@ FT = FinetuneConfig(learning_rates=[1e-3], steps=2, batch_size=4)
 def test_method_names():
     methods = all_methods()
     assert {"gradmm", "gradmm_dp", "gradmm_no_filter", "random_real", "full_real", "zero_shot"} <= set(methods)
-    with pytest.raises(ValueError, match="unknown method 'gradmm_plus'"):
-        check_method("gradmm_plus")
+    with pytest.raises(ValueError, match="unknown method 'gradmm_magic'"):
+        check_method("gradmm_magic")
     with pytest.raises(ValueError, match="generators"):
         check_experiment(ExperimentConfig(generators=["nope"]))
     assert variant_overrides("gradmm_dp") == ["dp.enabled=true"]

@@ -75,7 +75,9 @@ def test_baselines_and_zero_shot_cells_and_the_report(project):
     assert (project / "reports" / "figures" / "variants.png").stat().st_size > 1000
     from mlflow.tracking import MlflowClient  # one MLflow run per result, with the variant's diagnostics
 
-    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    from gradmm.tracking import tracking_uri
+
+    client = MlflowClient(tracking_uri(project))  # the store the report wrote to (MLFLOW_TRACKING_URI wins)
     runs = client.search_runs([client.get_experiment_by_name("variants_study").experiment_id])
     assert len(runs) == 5
     conv = [r for r in runs if r.data.tags["method"] == "gradmm_converge"][0]
