@@ -120,7 +120,9 @@ def test_classification_notebook_runs_with_tiny_parameters(tmp_path, monkeypatch
     assert (tmp_path / "reports" / "figures" / "generation" / "local-gradmm-seed0.png").stat().st_size > 0
     assert (tmp_path / "runs" / "local" / "results" / "gradmm-seed0.json").is_file()
 
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # mlflow.set_tracking_uri also sets this variable: undo it after
+    mlflow.set_tracking_uri(uri)
     runs = mlflow.search_runs(experiment_names=["01_classification"])
     assert sorted(runs["tags.method"]) == ["gradmm", "random_real", "zero_shot"]
     assert runs["tags.mlflow.runName"].str.match(r"local-tiny-random-\w+-n2-seed0-[0-9a-f]{6}$").all()
