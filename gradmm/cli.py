@@ -209,13 +209,15 @@ def cmd_study(args) -> list:
     from gradmm.experiment import ExperimentConfig
     from gradmm.filtering import FilterConfig
     from gradmm.finetune import FinetuneConfig, check_config
-    from gradmm.study import StudyConfig, check_study, finetune_overrides, run_cell
+    from gradmm.study import StudyConfig, check_study, finetune_overrides, run_cell, screen_config
 
     data_cfg, model_cfg = _data_model(args)
     cfg = load_config(StudyConfig, "study", args.params, args.overrides)
+    if args.screen:
+        cfg = screen_config(cfg)
     check_study(cfg)
     if args.method not in cfg.methods:
-        raise ValueError(f"method {args.method!r} is not in study.methods {cfg.methods}")
+        raise ValueError(f"method {args.method!r} is not in study.{'screen.' if args.screen else ''}methods {cfg.methods}")
     ft = load_config(FinetuneConfig, "finetune", args.params, finetune_overrides(cfg) + list(args.overrides))
     check_config(ft)
     results = run_cell(_task(args, data_cfg), args.method, cfg, args.params, model_cfg, ft,
@@ -328,6 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = stage("study", "one dataset × method cell of the variants study (issue 9): generate, filter, fine-tune "
               "over study.seeds (resumable)", cmd_study)
     p.add_argument("--method", required=True, help="a GRADMM variant or a study baseline (study.methods)")
+    p.add_argument("--screen", action="store_true", help="a cell of the screen (study.screen replaces the study's "
+                   "datasets, n_per_class and methods)")
     p = sub.add_parser("study-report", help="variants study: reports/tables/variants.{csv,md}, figures/variants.png")
     p.add_argument("--runs", default="runs/study", help="the study's cells (<runs>/<dataset>/<method>/)")
     p.add_argument("--reports", default="reports")

@@ -41,6 +41,19 @@ class StudyConfig:
     generate: dict = field(default_factory=dict)  # generate.* overrides for every GRADMM variant (the schedule)
     finetune: dict = field(default_factory=dict)  # finetune.* overrides for every method (e.g. the LR grid)
     diagnostics_sets: int = 5  # disjoint dev sets of 10 per kind for the class-discrimination diagnostic
+    # The cheap first pass (`gradmm study --screen`): these keys replace the study's own for the variants that
+    # were only screened (e.g. {datasets: [rtpolarity], n_per_class: [10], methods: [...]}).
+    screen: dict = field(default_factory=dict)
+
+SCREEN_KEYS = ("datasets", "n_per_class", "methods")
+
+
+def screen_config(cfg: StudyConfig) -> StudyConfig:
+    """The study's settings for the screen: its datasets, budgets and methods, the same schedule and seeds."""
+    bad = [k for k in cfg.screen if k not in SCREEN_KEYS]
+    if bad:
+        raise ValueError(f"study.screen keys {bad} unknown: use {list(SCREEN_KEYS)}")
+    return StudyConfig(**{**as_dict(cfg), **cfg.screen, "screen": {}})
 
 
 def check_study(cfg: StudyConfig) -> None:
@@ -79,6 +92,12 @@ def method_overrides(method: str, cfg: StudyConfig, generation_seed: int) -> lis
             + [f"generate.n_per_class={cfg.raw_per_class}", f"generate.seed={generation_seed}"])
 
 
+def cell_experiment_keys(exp_cfg) -> dict:
+    """The experiment params a cell's files depend on; the classification job's own lists (datasets, methods,
+    generators, its n and seeds) are not among them, so editing those does not archive the study."""
+    return {k: v for k, v in as_dict(exp_cfg).items() if k in ("llm_shots", "coreset_features")}
+
+
 def _guard_cell(out: Path, params: dict) -> None:
     from gradmm.generate import guard_run_dir
 
@@ -113,7 +132,7 @@ def run_cell(task, method: str, cfg: StudyConfig, params_file: str, model_cfg, f
     # What a cell's files depend on: more budgets, seeds, datasets or methods extend a study, they don't redo it.
     study_keys = {k: v for k, v in as_dict(cfg).items() if k in ("raw_per_class", "generate", "finetune", "diagnostics_sets")}
     params = {"task": task_fingerprint(task), "method": method, "study": study_keys, "model": as_dict(model_cfg),
-              "finetune": as_dict(finetune_cfg), "filter": as_dict(filter_cfg), "experiment": as_dict(exp_cfg),
+              "finetune": as_dict(finetune_cfg), "filter": as_dict(filter_cfg), "experiment": cell_experiment_keys(exp_cfg),
               "variant": {g: [as_dict(c) for c in v] for g, v in gens.items()}}
     _guard_cell(out, params)
     model, tok = load_model(model_cfg.name, model_cfg.device, model_cfg.dtype)

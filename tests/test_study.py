@@ -8,7 +8,7 @@ import yaml
 from gradmm.cli import main
 from gradmm.data import TEMPLATES, Task
 from gradmm.experiment import write_task
-from gradmm.study import StudyConfig, check_study, collect, method_overrides
+from gradmm.study import StudyConfig, check_study, collect, method_overrides, screen_config
 from tests.conftest import toy_examples
 
 PARAMS = {
@@ -82,6 +82,31 @@ def test_baselines_and_zero_shot_cells_and_the_report(project):
     assert len(runs) == 5
     conv = [r for r in runs if r.data.tags["method"] == "gradmm_converge"][0]
     assert conv.data.params["generate.order"] == "proximal" and "diag_changed_fraction_last" in conv.data.metrics
+
+
+def test_editing_the_classification_lists_keeps_a_finished_cell(project):
+    assert _study(project, "random_real") == 0
+    cell = project / "study" / "toy" / "random_real"
+    stamp = (cell / "result-n2-g0-s0.json").stat().st_mtime_ns
+    assert _study(project, "random_real", "--set", 'experiment.methods=["random_real", "gradmm_plus"]',
+                  "--set", "experiment.n_per_class=7") == 0
+    assert not (project / "study" / "toy" / ".archive").exists()
+    assert (cell / "result-n2-g0-s0.json").stat().st_mtime_ns == stamp
+    assert _study(project, "random_real", "--set", "experiment.coreset_features=lm") == 0  # a key the cell uses
+    assert (project / "study" / "toy" / ".archive").is_dir()
+
+
+def test_the_screen_replaces_datasets_budgets_and_methods_only(project, capsys):
+    cfg = StudyConfig(seeds=[3], screen={"methods": ["zero_shot"], "n_per_class": [1]})
+    scr = screen_config(cfg)
+    assert scr.methods == ["zero_shot"] and scr.n_per_class == [1] and scr.seeds == [3] and scr.screen == {}
+    with pytest.raises(ValueError, match="study.screen keys \\['seeds'\\]"):
+        screen_config(StudyConfig(screen={"seeds": [1]}))
+    screen = '--set=study.screen={"methods": ["zero_shot"], "n_per_class": [1]}'
+    assert _study(project, "zero_shot", screen, "--screen") == 0
+    assert [p.name for p in (project / "study" / "toy" / "zero_shot").glob("result-*")] == ["result-n1-g0-s0.json"]
+    assert _study(project, "random_real", screen, "--screen") == 2
+    assert "not in study.screen.methods" in capsys.readouterr().err
 
 
 def test_bad_study_input_fails_before_any_work(project, capsys):
