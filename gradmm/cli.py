@@ -230,6 +230,29 @@ def cmd_study(args) -> list:
     return results
 
 
+def cmd_privacy_attacks(args) -> dict:
+    from gradmm.attacks import PrivacyConfig, check_privacy, membership_summary, run_attacks
+    from gradmm.experiment import ExperimentConfig
+    from gradmm.filtering import FilterConfig
+    from gradmm.finetune import FinetuneConfig, check_config
+    from gradmm.study import StudyConfig, check_study, finetune_overrides
+
+    data_cfg, model_cfg = _data_model(args)
+    cfg = load_config(PrivacyConfig, "privacy", args.params, args.overrides)
+    check_privacy(cfg)
+    study = load_config(StudyConfig, "study", args.params, args.overrides)
+    check_study(study)
+    ft = load_config(FinetuneConfig, "finetune", args.params, finetune_overrides(study) + list(args.overrides))
+    check_config(ft)
+    tables = run_attacks(_task(args, data_cfg), cfg, study, args.params, model_cfg, ft,
+                         load_config(FilterConfig, "filter", args.params, args.overrides),
+                         load_config(ExperimentConfig, "experiment", args.params, args.overrides), Path(args.study),
+                         Path(args.out))
+    if len(tables["membership"]):
+        print(membership_summary(tables["membership"]).to_string())
+    return tables
+
+
 def cmd_study_report(args) -> None:
     from gradmm.study import write_report
 
@@ -332,6 +355,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", required=True, help="a GRADMM variant or a study baseline (study.methods)")
     p.add_argument("--screen", action="store_true", help="a cell of the screen (study.screen replaces the study's "
                    "datasets, n_per_class and methods)")
+    p = stage("privacy-attacks", "membership inference on fine-tuned models, canaries and the DP sweep for one "
+              "dataset (privacy section; resumable)", cmd_privacy_attacks)
+    p.add_argument("--study", default="runs/study", help="the variants study's cells (<study>/<dataset>/<method>/)")
     p = sub.add_parser("study-report", help="variants study: reports/tables/variants.{csv,md}, figures/variants.png")
     p.add_argument("--runs", default="runs/study", help="the study's cells (<runs>/<dataset>/<method>/)")
     p.add_argument("--reports", default="reports")
