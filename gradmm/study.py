@@ -21,6 +21,8 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pandas as pd
+
 from gradmm.config import as_dict, config_hash
 from gradmm.records import read_jsonl, write_json, write_jsonl
 
@@ -292,7 +294,40 @@ def summary(df: "pd.DataFrame") -> "pd.DataFrame":
         ["dataset", "n_per_class", "dev_mean"], ascending=[True, True, False])
 
 
-def markdown(summ: "pd.DataFrame", health_df: "pd.DataFrame") -> str:
+def dev_pick(summ: "pd.DataFrame") -> str | None:
+    """The GRADMM variant (gradmm_plus excluded: it is the pick) with the best dev accuracy averaged over its
+    panels (dataset × n), among the variants run on the most panels (the grid's, not the screen's); None
+    without a variant."""
+    from gradmm.experiment import GENERATORS
+
+    part = summ[summ.method.isin(set(GENERATORS) - {"gradmm_plus"})]
+    if part.empty:
+        return None
+    panels = part.groupby("method").size()
+    widest = part[part.method.isin(panels.index[panels == panels.max()])]
+    return str(widest.groupby("method").dev_mean.mean().idxmax())
+
+
+def comparisons(df: "pd.DataFrame", references=("llm_zero_shot_gen", "gradmm_no_matching", "random_real")) -> "pd.DataFrame":
+    """Per panel and GRADMM variant: the test-accuracy difference to each reference method and Welch's t-test p."""
+    from scipy.stats import ttest_ind
+
+    from gradmm.experiment import GENERATORS
+
+    rows = []
+    for (d, n), panel in df.groupby(["dataset", "n_per_class"]):
+        acc = {m: g.accuracy.to_numpy() for m, g in panel.groupby("method")}
+        for m in [m for m in acc if m in GENERATORS]:
+            row = {"dataset": d, "n_per_class": n, "method": m}
+            for ref in [r for r in references if r in acc and r != m]:
+                row[f"diff_{ref}"] = acc[m].mean() - acc[ref].mean()
+                row[f"p_{ref}"] = float(ttest_ind(acc[m], acc[ref], equal_var=False).pvalue) if min(
+                    len(acc[m]), len(acc[ref])) > 1 else float("nan")
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def markdown(summ: "pd.DataFrame", health_df: "pd.DataFrame", comp: "pd.DataFrame | None" = None) -> str:
     from gradmm.report import format_accuracy
 
     lines = ["# Variants study: test accuracy (%) at equal budget", "",
@@ -303,6 +338,19 @@ def markdown(summ: "pd.DataFrame", health_df: "pd.DataFrame") -> str:
         dev = "" if r.dev_mean != r.dev_mean else f"{100 * r.dev_mean:.1f}"  # NaN for zero-shot
         lines.append(f"| {r.dataset} | {r.n_per_class} | {r.method} | {r.runs} | {format_accuracy(r.mean, r.std)} | "
                      f"{dev} | {100 * r.majority_share:.0f} |")
+    pick = dev_pick(summ)
+    if pick:
+        lines += ["", f"**Dev pick** (best mean dev accuracy over the panels every variant ran on): `{pick}`."]
+    if comp is not None and len(comp):
+        refs = [c[len("diff_"):] for c in comp if c.startswith("diff_")]
+        lines += ["", "## Each variant against the references", "",
+                  "Test-accuracy difference in points (Welch's t-test p over the runs of the two cells).", "",
+                  "| dataset | n | method | " + " | ".join(f"vs {r}" for r in refs) + " |",
+                  "|---|---|---|" + "---|" * len(refs)]
+        for r in comp.itertuples():
+            cells = [f"{100 * getattr(r, f'diff_{x}'):+.1f} (p {getattr(r, f'p_{x}'):.2f})"
+                     if getattr(r, f"diff_{x}") == getattr(r, f"diff_{x}") else "" for x in refs]
+            lines.append(f"| {r.dataset} | {r.n_per_class} | {r.method} | " + " | ".join(cells) + " |")
     if len(health_df):
         lines += ["", "## Diagnostics of each GRADMM variant", "",
                   "margin = match loss of held-out real sets labelled with another class − with their own (> 0: "
@@ -385,7 +433,7 @@ def write_report(study_dir: str | Path, reports_dir: str | Path, params_file: st
         reports / "tables" / "variants.csv", index=False)
     health_df = health(study_dir)
     health_df.to_csv(reports / "tables" / "variants_health.csv", index=False)
-    (reports / "tables" / "variants.md").write_text(markdown(summary(df), health_df))
+    (reports / "tables" / "variants.md").write_text(markdown(summary(df), health_df, comparisons(df)))
     plot(df, reports / "figures" / "variants.png")
     if params_file is not None and Path(params_file).is_file():  # after the files: MLflow never costs a result
         from gradmm.config import read_params

@@ -128,3 +128,26 @@ def test_overrides_read_exponent_floats_as_numbers():
                           "generate.center=true", "data.label_names=[neg, pos]"])
     assert ov["finetune"]["learning_rates"] == [5e-05, 1e-4] and ov["generate"]["lr"] == 1e-3
     assert ov["data"] == {"dataset": "imdb", "label_names": ["neg", "pos"]} and ov["generate"]["center"] is True
+
+
+def _runs(rows):
+    import pandas as pd
+
+    return pd.DataFrame([{"dataset": d, "model": "m", "n_per_class": n, "method": m, "seed": s, "accuracy": a,
+                          "dev_accuracy": dev, "majority_share": 0.5, "wall_seconds": 1.0}
+                         for d, n, m, accs, dev in rows for s, a in enumerate(accs)])
+
+
+def test_the_dev_pick_uses_dev_only_and_the_variants_of_the_widest_grid():
+    from gradmm.study import comparisons, dev_pick, summary
+
+    df = _runs([("a", 10, "gradmm", [0.9, 0.9], 0.60), ("a", 10, "gradmm_review", [0.5, 0.5], 0.70),
+                ("b", 10, "gradmm", [0.9, 0.9], 0.60), ("b", 10, "gradmm_review", [0.5, 0.5], 0.70),
+                ("a", 10, "gradmm_joint", [0.9, 0.9], 0.99),  # screened on one panel only: not a candidate
+                ("a", 10, "gradmm_plus", [0.9, 0.9], 0.99), ("b", 10, "gradmm_plus", [0.9, 0.9], 0.99),
+                ("a", 10, "llm_zero_shot_gen", [0.6, 0.8], 0.99), ("b", 10, "llm_zero_shot_gen", [0.6, 0.8], 0.99)])
+    assert dev_pick(summary(df)) == "gradmm_review"  # the better test accuracy of gradmm plays no part
+    comp = comparisons(df).set_index(["dataset", "method"])
+    assert comp.loc[("a", "gradmm"), "diff_llm_zero_shot_gen"] == pytest.approx(0.2)
+    assert 0 < comp.loc[("a", "gradmm"), "p_llm_zero_shot_gen"] < 1 and "diff_random_real" not in comp
+    assert dev_pick(summary(df[df.method == "llm_zero_shot_gen"])) is None
