@@ -253,6 +253,25 @@ def cmd_privacy_attacks(args) -> dict:
     return tables
 
 
+def cmd_transfer(args) -> list:
+    from gradmm.transfer import run_target, settings
+
+    data_cfg, model_cfg = _data_model(args)
+    cfg, _, ft = settings(args.params, args.overrides)
+    if args.target not in cfg.targets:
+        raise ValueError(f"target {args.target!r} is not in transfer.targets {cfg.targets}")
+    results = run_target(_task(args, data_cfg), args.target, cfg, Path(args.study), model_cfg, ft, Path(args.out))
+    print(f"{args.target}: {len(results)} runs -> {args.out}")
+    return results
+
+
+def cmd_transfer_report(args) -> None:
+    from gradmm.transfer import write_report
+
+    write_report(args.runs, args.reports)
+    print((Path(args.reports) / "tables" / "transfer.md").read_text())
+
+
 def cmd_study_report(args) -> None:
     from gradmm.study import write_report
 
@@ -358,6 +377,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = stage("privacy-attacks", "membership inference on fine-tuned models, canaries and the DP sweep for one "
               "dataset (privacy section; resumable)", cmd_privacy_attacks)
     p.add_argument("--study", default="runs/study", help="the variants study's cells (<study>/<dataset>/<method>/)")
+    p = stage("transfer", "fine-tune a target model (transfer.targets) on the study's sets and its own baselines "
+              "(resumable)", cmd_transfer)
+    p.add_argument("--target", required=True, help="a causal LM name or 'minilm' (the linear probe)")
+    p.add_argument("--study", default="runs/study", help="the variants study's cells (the source sets)")
+    p = sub.add_parser("transfer-report", help="transfer: reports/tables/transfer.{csv,md}, figures/transfer.png")
+    p.add_argument("--runs", default="runs/transfer", help="<runs>/<dataset>/<target>/<method>/")
+    p.add_argument("--reports", default="reports")
+    p.set_defaults(func=cmd_transfer_report)
     p = sub.add_parser("study-report", help="variants study: reports/tables/variants.{csv,md}, figures/variants.png")
     p.add_argument("--runs", default="runs/study", help="the study's cells (<runs>/<dataset>/<method>/)")
     p.add_argument("--reports", default="reports")

@@ -1,0 +1,268 @@
+"""Transfer (issue 7): training sets written with one LM fine-tune other models.
+
+The source sets are the variants study's (`runs/study/<dataset>/<method>/trainset-n<N>-g<G>.jsonl`, written by
+the study's model, SmolLM2 by default). Each target then learns from them at the same budget, beside its own
+baselines built from the real pool (random_real, herding, kcenter, full_real) and, for a causal LM, its own
+in-context zero_shot / few_shot. Targets:
+
+* a causal LM known to `gradmm.models` (e.g. gemma3-270m): fine-tuned with the label-word loss, LR on dev;
+* `minilm`: a linear probe, the frozen MiniLM sentence encoder with a logistic-regression head (C on dev).
+  It is deterministic, so a fixed training set gets one run; only the real subsets vary with the seed.
+
+One cell = dataset × target × method, `<out>/result-s<S>.json` per seed, resumable like the study's cells.
+"""
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from gradmm.records import read_jsonl, write_json
+
+log = logging.getLogger(__name__)
+
+PROBE = "minilm"  # the non-causal target
+IN_CONTEXT = ("zero_shot", "few_shot")
+REAL = ("random_real", "herding", "kcenter", "full_real")
+
+
+@dataclass
+class TransferConfig:
+    datasets: list[str] = field(default_factory=lambda: ["rtpolarity"])
+    targets: list[str] = field(default_factory=lambda: ["gemma3-270m", PROBE])
+    n_per_class: int = 10  # the study budget whose sets are transferred
+    methods: list[str] = field(default_factory=lambda: ["zero_shot", "random_real", "llm_zero_shot_gen", "gradmm"])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    generation_seed: int = 0  # which generated set of the study
+    finetune: dict = field(default_factory=dict)  # finetune.* overrides for causal targets (e.g. the LR grid)
+    probe_c: list[float] = field(default_factory=lambda: [0.1, 1.0, 10.0])  # the probe's C grid, picked on dev
+
+
+def check_transfer(cfg: TransferConfig) -> None:
+    from gradmm.experiment import GENERATORS
+    from gradmm.finetune import FinetuneConfig
+    from gradmm.models import check_model_name
+    from gradmm.study import LM_GENERATED
+
+    allowed = list(IN_CONTEXT) + list(REAL) + list(LM_GENERATED) + list(GENERATORS)
+    bad = [m for m in cfg.methods if m not in allowed]
+    if bad:
+        raise ValueError(f"transfer.methods {bad} unknown: use any of {allowed}")
+    for t in cfg.targets:
+        if t != PROBE:
+            check_model_name(t)
+    if cfg.n_per_class < 1 or not cfg.seeds or not cfg.targets:
+        raise ValueError(f"transfer.n_per_class must be ≥ 1 (got {cfg.n_per_class}); seeds and targets non-empty")
+    if not cfg.probe_c or min(cfg.probe_c) <= 0:
+        raise ValueError(f"transfer.probe_c must list C values > 0, got {cfg.probe_c}")
+    bad = [k for k in cfg.finetune if k not in FinetuneConfig.__dataclass_fields__]
+    if bad:
+        raise ValueError(f"transfer.finetune keys {bad} are not finetune params: use {sorted(FinetuneConfig.__dataclass_fields__)}")
+
+
+def settings(params_file, overrides=(), **chosen):
+    """(TransferConfig, ModelConfig, FinetuneConfig) from the params file; `chosen` (e.g. the notebook's
+    parameters) replaces transfer keys where not None."""
+    import dataclasses
+
+    from gradmm.config import load_config
+    from gradmm.finetune import FinetuneConfig, check_config
+    from gradmm.models import ModelConfig
+
+    cfg = load_config(TransferConfig, "transfer", params_file, overrides)
+    cfg = dataclasses.replace(cfg, **{k: v for k, v in chosen.items() if v is not None})
+    check_transfer(cfg)
+    ft = load_config(FinetuneConfig, "finetune", params_file,
+                     [f"finetune.{k}={json.dumps(v)}" for k, v in cfg.finetune.items()] + list(overrides))
+    check_config(ft)
+    return cfg, load_config(ModelConfig, "model", params_file, overrides), ft
+
+
+def source_set(study_cell: Path, n_per_class: int, generation_seed: int) -> tuple[list[dict], str]:
+    """(rows, source model name) of a generating method's study training set."""
+    path = Path(study_cell) / f"trainset-n{n_per_class}-g{generation_seed}.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: run the study cell `gradmm study --method {Path(study_cell).name}` first")
+    source = json.loads((Path(study_cell) / "run_config.json").read_text())["model"]["name"]
+    return read_jsonl(path), source
+
+
+def real_set(method: str, task, n_per_class: int, seed: int) -> list[dict]:
+    """A real subset of the pool, built as the classification experiment builds it (MiniLM coresets)."""
+    from gradmm.experiment import ExperimentConfig, baseline_trainset
+
+    cfg = ExperimentConfig(n_per_class=n_per_class, coreset_features="minilm")  # model-free: no target features
+    return baseline_trainset(method, None, None, task, cfg, seed, progress=False)[0]
+
+
+def probe_result(train: list[dict], task, c_grid, embed=None) -> dict:
+    """Frozen MiniLM + logistic regression: C picked on dev, accuracy on test. `embed(texts)` → (N, d) array."""
+    from sklearn.linear_model import LogisticRegression
+
+    from gradmm.scoring import prediction_shares
+
+    if embed is None:
+        from gradmm.baselines import minilm_embeddings
+
+        embed = lambda texts: minilm_embeddings(list(texts)).numpy()  # noqa: E731
+    y = np.array([int(r["label"]) for r in train])
+    x = embed([r["text"] for r in train])
+    splits = {s: (embed([ex.text for ex in getattr(task, s)]), np.array([ex.label for ex in getattr(task, s)]))
+              for s in ("dev", "test")}
+    if len(set(y)) < 2:  # one class: the head can only predict it
+        only = int(y[0])
+        preds = {s: np.full(len(v[1]), only) for s, v in splits.items()}
+        best_c, devs = None, {}
+    else:
+        devs, fits = {}, {}
+        for c in sorted(c_grid):
+            fits[c] = LogisticRegression(C=c, max_iter=2000).fit(x, y)
+            devs[c] = float((fits[c].predict(splits["dev"][0]) == splits["dev"][1]).mean())
+        best_c = max(devs, key=lambda c: (devs[c], -c))  # a tie keeps the smaller C (stronger regularisation)
+        preds = {s: fits[best_c].predict(v[0]) for s, v in splits.items()}
+    acc = {s: float((preds[s] == splits[s][1]).mean()) for s in splits}
+    return {"test_accuracy": acc["test"], "dev_accuracy": acc["dev"], "best_c": best_c,
+            "dev_accuracies": {str(c): a for c, a in devs.items()},
+            "test_prediction_shares": prediction_shares(torch.as_tensor(preds["test"]), task.n_classes),
+            "n_train": len(train), "finetuned": True}
+
+
+def run_target(task, target: str, cfg: TransferConfig, study_dir: Path, model_cfg, ft_cfg, out: Path,
+               progress: bool = True) -> list[dict]:
+    """Every method of cfg for one dataset × target (`out/<method>/`); the probe skips in-context methods.
+    Every source set is checked before any model loads."""
+    check_transfer(cfg)
+    methods = [m for m in cfg.methods if not (target == PROBE and m in IN_CONTEXT)]
+    for m in methods:
+        if m not in IN_CONTEXT + REAL:
+            source_set(Path(study_dir) / task.name / m, cfg.n_per_class, cfg.generation_seed)
+    loaded = {}  # the target model, loaded once for every method
+    return [r for m in methods
+            for r in run_cell(task, target, m, cfg, study_dir, model_cfg, ft_cfg, Path(out) / m, progress, loaded)]
+
+
+def run_cell(task, target: str, method: str, cfg: TransferConfig, study_dir: Path, model_cfg, ft_cfg,
+             out: Path, progress: bool = True, loaded: dict | None = None) -> list[dict]:
+    """Run (or resume) one dataset × target × method cell; returns its results. `loaded` caches the model."""
+    from gradmm.config import as_dict
+    from gradmm.experiment import evaluate_method
+    from gradmm.generate import guard_run_dir, task_fingerprint
+    from gradmm.models import load_model
+
+    check_transfer(cfg)
+    if target == PROBE and method in IN_CONTEXT:
+        raise ValueError(f"{method} is in-context learning: the {PROBE} probe has no prompt, use another method")
+    out = Path(out)
+    fixed = method not in ("random_real", "herding", "kcenter", "few_shot")  # seeds only change the data order
+    source, rows, loaded = None, None, {} if loaded is None else loaded
+    if method not in IN_CONTEXT + REAL:
+        rows, source = source_set(Path(study_dir) / task.name / method, cfg.n_per_class, cfg.generation_seed)
+    digest = hashlib.sha256(json.dumps(rows).encode()).hexdigest()
+    params = {"task": task_fingerprint(task), "target": target, "method": method, "n_per_class": cfg.n_per_class,
+              "source": source, "source_set_sha256": digest,
+              "train": {"probe_c": list(cfg.probe_c)} if target == PROBE else as_dict(ft_cfg)}
+    guard_run_dir(out, params, archive_stale=True)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "run_config.json").write_text(json.dumps(params, indent=2, sort_keys=True) + "\n")
+    seeds = cfg.seeds[:1] if method == "zero_shot" or (target == PROBE and fixed) else cfg.seeds
+    results = []
+    for s in seeds:
+        path = out / f"result-s{s}.json"
+        if path.is_file():
+            results.append(json.loads(path.read_text()))
+            continue
+        train = rows if source else real_set(method, task, cfg.n_per_class, s)
+        start = time.perf_counter()
+        if target == PROBE:
+            result = probe_result(train, task, cfg.probe_c)
+        else:
+            if target not in loaded:
+                loaded.clear()  # one model in memory at a time
+                loaded[target] = load_model(target, model_cfg.device, model_cfg.dtype)
+            result = evaluate_method(method, train, *loaded[target], task, ft_cfg, s, progress)
+        result.update(dataset=task.name, target=target, source=source or "real", method=method,
+                      n_per_class=cfg.n_per_class, seed=s, wall_seconds=round(time.perf_counter() - start, 1))
+        write_json(path, result)
+        log.info("%s → %s %s s=%d: test %.3f", task.name, target, method, s, result["test_accuracy"])
+        results.append(result)
+    return results
+
+
+def collect(transfer_dir) -> pd.DataFrame:
+    """Every result under <transfer_dir>/<dataset>/<target>/<method>/ as one row."""
+    rows = []
+    for f in sorted(Path(transfer_dir).glob("*/*/*/result-s*.json")):
+        r = json.loads(f.read_text())
+        shares = r.get("test_prediction_shares") or [float("nan")]
+        rows.append({k: r.get(k) for k in ("dataset", "source", "target", "method", "n_per_class", "seed",
+                                            "dev_accuracy", "n_train", "wall_seconds")}
+                    | {"accuracy": r["test_accuracy"], "majority_share": max(shares)})
+    return pd.DataFrame(rows)
+
+
+def summary(df: pd.DataFrame) -> pd.DataFrame:
+    from gradmm.report import ordered_methods
+
+    g = df.groupby(["dataset", "target", "n_per_class", "method"])
+    out = g.agg(runs=("accuracy", "size"), mean=("accuracy", "mean"), std=("accuracy", "std"),
+                dev_mean=("dev_accuracy", "mean"), majority_share=("majority_share", "mean"),
+                wall_seconds=("wall_seconds", "mean")).reset_index()
+    rank = {m: i for i, m in enumerate(ordered_methods(out.method.unique()))}
+    return out.sort_values(["dataset", "target", "method"], key=lambda c: c.map(rank) if c.name == "method" else c)
+
+
+def markdown(summ: pd.DataFrame) -> str:
+    from gradmm.report import format_accuracy
+
+    lines = ["# Transfer: test accuracy (%) of each target model at equal budget", "",
+             "Generated sets come from the study's model (column `source` of transfer.csv); real subsets and "
+             "in-context methods belong to the target. `majority` = share of test predictions in the most "
+             "predicted class (%). The MiniLM probe is deterministic: a fixed set gets one run.", "",
+             "| dataset | target | n | method | runs | test mean ± std | dev mean | majority |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in summ.itertuples():
+        dev = "" if r.dev_mean != r.dev_mean else f"{100 * r.dev_mean:.1f}"
+        lines.append(f"| {r.dataset} | {r.target} | {r.n_per_class} | {r.method} | {r.runs} | "
+                     f"{format_accuracy(r.mean, r.std)} | {dev} | {100 * r.majority_share:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(df: pd.DataFrame, path_png):
+    """Test accuracy per method (mean, ± sd bars, every run as a dot), one panel per dataset × target."""
+    import seaborn as sns
+    from matplotlib.figure import Figure
+
+    from gradmm.report import ordered_methods
+
+    panels = df[["dataset", "target"]].drop_duplicates().values.tolist()
+    order = ordered_methods(df.method.unique())
+    fig = Figure(figsize=(5 * len(panels), 0.4 * len(order) + 1.8))
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (d, t) in zip(axes, panels):
+        part = df[(df.dataset == d) & (df.target == t)].assign(accuracy=lambda x: 100 * x.accuracy)
+        sns.barplot(part, x="accuracy", y="method", order=order, errorbar="sd", ax=ax, color="#9ecae1")
+        sns.stripplot(part, x="accuracy", y="method", order=order, ax=ax, color="k", size=3)
+        ax.set(title=f"{d} → {t}", xlabel="test accuracy (%)", ylabel="", xlim=(0, 100))
+    fig.tight_layout()
+    Path(path_png).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path_png, dpi=120, bbox_inches="tight")
+    return fig
+
+
+def write_report(transfer_dir, reports_dir="reports") -> pd.DataFrame:
+    """tables/transfer.csv (every run), tables/transfer.md (summary) and figures/transfer.png."""
+    df = collect(transfer_dir)
+    if df.empty:
+        raise FileNotFoundError(f"no transfer results under {transfer_dir}: run `gradmm transfer` first")
+    tables = Path(reports_dir) / "tables"
+    tables.mkdir(parents=True, exist_ok=True)
+    df.to_csv(tables / "transfer.csv", index=False, lineterminator="\n")
+    (tables / "transfer.md").write_text(markdown(summary(df)))
+    plot(df, Path(reports_dir) / "figures" / "transfer.png")
+    return df
