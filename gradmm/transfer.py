@@ -12,6 +12,7 @@ in-context zero_shot / few_shot. Targets:
 One cell = dataset × target × method, `<out>/result-s<S>.json` per seed, resumable like the study's cells.
 """
 
+import functools
 import hashlib
 import json
 import logging
@@ -101,16 +102,24 @@ def real_set(method: str, task, n_per_class: int, seed: int) -> list[dict]:
     return baseline_trainset(method, None, None, task, cfg, seed, progress=False)[0]
 
 
+def _minilm_cached(texts) -> np.ndarray:
+    return _minilm_tuple(tuple(texts))
+
+
+@functools.lru_cache(maxsize=8)  # dev and test of a task are embedded once per process, not once per run
+def _minilm_tuple(texts: tuple) -> np.ndarray:
+    from gradmm.baselines import minilm_embeddings
+
+    return minilm_embeddings(list(texts)).numpy()
+
+
 def probe_result(train: list[dict], task, c_grid, embed=None) -> dict:
     """Frozen MiniLM + logistic regression: C picked on dev, accuracy on test. `embed(texts)` → (N, d) array."""
     from sklearn.linear_model import LogisticRegression
 
     from gradmm.scoring import prediction_shares
 
-    if embed is None:
-        from gradmm.baselines import minilm_embeddings
-
-        embed = lambda texts: minilm_embeddings(list(texts)).numpy()  # noqa: E731
+    embed = embed or _minilm_cached
     y = np.array([int(r["label"]) for r in train])
     x = embed([r["text"] for r in train])
     splits = {s: (embed([ex.text for ex in getattr(task, s)]), np.array([ex.label for ex in getattr(task, s)]))
