@@ -290,7 +290,7 @@ def summary(df: "pd.DataFrame") -> "pd.DataFrame":
     g = df.groupby(["dataset", "model", "n_per_class", "method"])
     return g.agg(runs=("accuracy", "size"), mean=("accuracy", "mean"), std=("accuracy", "std"),
                  dev_mean=("dev_accuracy", "mean"), majority_share=("majority_share", "mean"),
-                 wall_seconds=("wall_seconds", "mean")).reset_index().sort_values(
+                 n_train=("n_train", "mean"), wall_seconds=("wall_seconds", "mean")).reset_index().sort_values(
         ["dataset", "n_per_class", "dev_mean"], ascending=[True, True, False])
 
 
@@ -332,11 +332,13 @@ def markdown(summ: "pd.DataFrame", health_df: "pd.DataFrame", comp: "pd.DataFram
 
     lines = ["# Variants study: test accuracy (%) at equal budget", "",
              "Sorted by mean dev accuracy (the only split used to choose). `majority` = mean share of test "
-             "predictions in the most predicted class (50 % = balanced).", "",
-             "| dataset | n | method | runs | test mean ± std | dev mean | majority |", "|---|---|---|---|---|---|---|"]
+             "predictions in the most predicted class (50 % = balanced). `texts` = training texts in all (the "
+             "filter keeps at most n per class, fewer when the label check rejects texts; classes balanced).", "",
+             "| dataset | n | method | runs | texts | test mean ± std | dev mean | majority |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in summ.itertuples():
         dev = "" if r.dev_mean != r.dev_mean else f"{100 * r.dev_mean:.1f}"  # NaN for zero-shot
-        lines.append(f"| {r.dataset} | {r.n_per_class} | {r.method} | {r.runs} | {format_accuracy(r.mean, r.std)} | "
+        lines.append(f"| {r.dataset} | {r.n_per_class} | {r.method} | {r.runs} | {r.n_train:.0f} | {format_accuracy(r.mean, r.std)} | "
                      f"{dev} | {100 * r.majority_share:.0f} |")
     pick = dev_pick(summ)
     if pick:

@@ -134,7 +134,7 @@ def _runs(rows):
     import pandas as pd
 
     return pd.DataFrame([{"dataset": d, "model": "m", "n_per_class": n, "method": m, "seed": s, "accuracy": a,
-                          "dev_accuracy": dev, "majority_share": 0.5, "wall_seconds": 1.0}
+                          "dev_accuracy": dev, "majority_share": 0.5, "n_train": 4, "wall_seconds": 1.0}
                          for d, n, m, accs, dev in rows for s, a in enumerate(accs)])
 
 
