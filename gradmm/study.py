@@ -295,12 +295,12 @@ def summary(df: "pd.DataFrame") -> "pd.DataFrame":
 
 
 def dev_pick(summ: "pd.DataFrame") -> str | None:
-    """The GRADMM variant (gradmm_plus excluded: it is the pick) with the best dev accuracy averaged over its
+    """The GRADMM variant (not gradmm_plus, the pick itself, nor the no-matching ablation) with the best dev accuracy averaged over its
     panels (dataset × n), among the variants run on the most panels (the grid's, not the screen's); None
     without a variant."""
     from gradmm.experiment import GENERATORS
 
-    part = summ[summ.method.isin(set(GENERATORS) - {"gradmm_plus"})]
+    part = summ[summ.method.isin(set(GENERATORS) - {"gradmm_plus", "gradmm_no_matching"})]  # the ablation is no candidate
     if part.empty:
         return None
     panels = part.groupby("method").size()

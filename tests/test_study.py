@@ -151,3 +151,18 @@ def test_the_dev_pick_uses_dev_only_and_the_variants_of_the_widest_grid():
     assert comp.loc[("a", "gradmm"), "diff_llm_zero_shot_gen"] == pytest.approx(0.2)
     assert 0 < comp.loc[("a", "gradmm"), "p_llm_zero_shot_gen"] < 1 and "diff_random_real" not in comp
     assert dev_pick(summary(df[df.method == "llm_zero_shot_gen"])) is None
+
+
+def test_gradmm_plus_is_the_committed_studys_dev_pick():
+    """gradmm_plus carries the settings of the variant that the committed study (reports/tables/variants.csv)
+    picks on dev: rerunning the study and changing the pick without updating gradmm_plus fails here."""
+    from pathlib import Path
+
+    import pandas as pd
+
+    from gradmm.experiment import GENERATORS
+    from gradmm.study import dev_pick, summary
+
+    table = Path(__file__).resolve().parent.parent / "reports" / "tables" / "variants.csv"
+    pick = dev_pick(summary(pd.read_csv(table)))
+    assert pick is not None and GENERATORS["gradmm_plus"] == GENERATORS[pick], pick
