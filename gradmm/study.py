@@ -238,7 +238,7 @@ def variant_diagnostics(model, tokenizer, task, gen, raw: list[dict], n_sets: in
 
 # ---- the report ------------------------------------------------------------------------------------------
 
-def collect(study_dir: str | Path = "runs/study") -> "pd.DataFrame":
+def collect(study_dir: str | Path = "studies/variants") -> "pd.DataFrame":
     """Every result of every cell as one row (dataset, model, method, n_per_class, generation_seed, seed, ...)."""
     import pandas as pd
 
@@ -254,7 +254,7 @@ def collect(study_dir: str | Path = "runs/study") -> "pd.DataFrame":
     return pd.DataFrame(rows)
 
 
-def health(study_dir: str | Path = "runs/study") -> "pd.DataFrame":
+def health(study_dir: str | Path = "studies/variants") -> "pd.DataFrame":
     """Per GRADMM cell: ADMM health at the last outer iteration (means over batches) and target discrimination."""
     import pandas as pd
 

@@ -1,7 +1,7 @@
 """Perplexity, leakage and diversity of the training sets of the variants study (privacy and perplexity analysis).
 
 For one dataset and budget, `training_sets` reads every method's training set from the study folder
-(`runs/study/<dataset>/<method>/trainset-n<N>-g<G>.jsonl`, real subsets `...-s<S>.jsonl`). Then, per method:
+(`studies/variants/<dataset>/<method>/trainset-n<N>-g<G>.jsonl`, real subsets `...-s<S>.jsonl`). Then, per method:
 
 * perplexity: each text's mean token NLL (nats) under an LM, beside the real generation pool ("real_pool") and
   the dev split ("real_holdout"); optionally also given the class instruction that LM generation decodes after;

@@ -1,6 +1,6 @@
 """Transfer (issue 7): training sets written with one LM fine-tune other models.
 
-The source sets are the variants study's (`runs/study/<dataset>/<method>/trainset-n<N>-g<G>.jsonl`, written by
+The source sets are the variants study's (`studies/variants/<dataset>/<method>/trainset-n<N>-g<G>.jsonl`, written by
 the study's model, SmolLM2 by default). Each target then learns from them at the same budget, beside its own
 baselines built from the real pool (random_real, herding, kcenter, full_real) and, for a causal LM, its own
 in-context zero_shot / few_shot. Targets:

@@ -31,7 +31,12 @@ TINY_PARAMS = {
                    "llm_raw_per_class": 2, "llm_shots": 1, "coreset_features": "minilm"},
     "study": {"datasets": ["local"], "n_per_class": [2], "raw_per_class": 4, "generation_seeds": [0], "seeds": [0, 1],
               "methods": ["random_real", "gradmm_joint"], "generate": {"outer_steps": 1}, "finetune": {},
-              "diagnostics_sets": 1},
+              "diagnostics_sets": 1, "screen": {"datasets": ["local"], "methods": ["gradmm_converge"]}},
+    "privacy": {"datasets": ["local"], "n_per_class": 2, "methods": ["random_real"], "members": 5, "canaries": 1,
+                "canary_alternatives": 5, "canary_method": "gradmm_joint", "epsilons": [1.0], "dp_seeds": [0],
+                "attack_lr": 1.0e-3},
+    "transfer": {"datasets": ["local"], "targets": ["minilm"], "n_per_class": 2, "methods": ["random_real", "gradmm_joint"],
+                 "seeds": [0]},
 }
 
 
@@ -57,7 +62,11 @@ def test_dvc_pipeline_runs_once_and_only_reruns_what_changed(tmp_path):
         result = json.loads((tmp_path / "runs/local/results" / f"{method}-seed0.json").read_text())
         assert 0 <= result["test_accuracy"] <= 1 and result["method"] == method
     study = (tmp_path / "reports/tables/variants.csv").read_text()  # the variants study ran too
-    assert study.count("gradmm_joint") == 2 and study.count("random_real") == 2
+    assert study.count("gradmm_joint") == 2 and study.count("random_real") == 2 and study.count("gradmm_converge") == 2
+    membership = (tmp_path / "reports/tables/membership.csv").read_text()  # the privacy attacks and transfer too
+    assert "full_real" in membership and "random_real" in membership
+    assert "gradmm_joint" in (tmp_path / "reports/tables/transfer.csv").read_text()
+    assert not (tmp_path / "runs" / "study").exists()  # the quick job's `runs` dependency holds no study cell
     assert "up to date" in _run(["dvc", "repro"], tmp_path)
 
     params = yaml.safe_load((tmp_path / "params.yaml").read_text())

@@ -18,7 +18,7 @@ DISJOINT = ["zany purple quokkas juggle seven lanterns", "quiet violet herons sk
 
 
 def fake_study(root: Path) -> Task:
-    """root/runs/toy/data (a prepared task) and root/runs/study/toy/<method>/ training sets at n = 2 per class."""
+    """root/runs/toy/data (a prepared task) and root/studies/variants/toy/<method>/ training sets at n = 2 per class."""
     rows = toy_examples(30)
     write_task(Task("toy", ["negative", "positive"], TEMPLATES["paper"], rows[:20], rows[20:40], rows[40:60]),
                root / "runs" / "toy" / "data")
