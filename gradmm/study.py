@@ -327,6 +327,18 @@ def comparisons(df: "pd.DataFrame", references=("llm_zero_shot_gen", "gradmm_no_
     return pd.DataFrame(rows)
 
 
+def panel_table(summ: "pd.DataFrame") -> list[str]:
+    """Markdown lines: one row per method, one column per dataset × n (test mean ± std)."""
+    from gradmm.report import format_accuracy, ordered_methods
+
+    panels = sorted({(r.dataset, r.n_per_class) for r in summ.itertuples()})
+    cell = {(r.method, r.dataset, r.n_per_class): format_accuracy(r.mean, r.std) for r in summ.itertuples()}
+    lines = ["| method | " + " | ".join(f"{d} n={n}" for d, n in panels) + " |", "|---|" + "---|" * len(panels)]
+    for m in ordered_methods(summ.method.unique()):
+        lines.append(f"| {m} | " + " | ".join(cell.get((m, d, n), "") for d, n in panels) + " |")
+    return lines
+
+
 def markdown(summ: "pd.DataFrame", health_df: "pd.DataFrame", comp: "pd.DataFrame | None" = None) -> str:
     from gradmm.report import format_accuracy
 
@@ -340,6 +352,7 @@ def markdown(summ: "pd.DataFrame", health_df: "pd.DataFrame", comp: "pd.DataFram
         dev = "" if r.dev_mean != r.dev_mean else f"{100 * r.dev_mean:.1f}"  # NaN for zero-shot
         lines.append(f"| {r.dataset} | {r.n_per_class} | {r.method} | {r.runs} | {r.n_train:.0f} | {format_accuracy(r.mean, r.std)} | "
                      f"{dev} | {100 * r.majority_share:.0f} |")
+    lines += ["", "## Test accuracy by panel", "", *panel_table(summ)]
     pick = dev_pick(summ)
     if pick:
         lines += ["", f"**Dev pick** (best mean dev accuracy over the panels every variant ran on): `{pick}`."]
