@@ -23,7 +23,7 @@ def fake_study(root: Path) -> Task:
     write_task(Task("toy", ["negative", "positive"], TEMPLATES["paper"], rows[:20], rows[20:40], rows[40:60]),
                root / "runs" / "toy" / "data")
     task = task_from_dir(root / "runs" / "toy" / "data")
-    cells = root / "runs" / "study" / "toy"
+    cells = root / "studies" / "variants" / "toy"
     copy = [{"text": ex.text, "label": ex.label} for ex in task.pool[:4]]
     write_jsonl(cells / "gradmm" / "trainset-n2-g0.jsonl", copy)  # verbatim pool texts: total leakage
     write_jsonl(cells / "gradmm" / "trainset-n5-g0.jsonl", copy * 2)  # another budget: not picked
@@ -42,21 +42,21 @@ def study(tmp_path):
 
 def test_training_sets_finds_the_files_and_skips_missing_ones(study):
     root, _ = study
-    sets = textstats.training_sets(root / "runs" / "study", "toy", 2)
+    sets = textstats.training_sets(root / "studies" / "variants", "toy", 2)
     assert list(sets) == ["random_real", "llm_zero_shot_gen", "gradmm"]  # the report's method order
     assert len(sets["gradmm"]) == 4 and sets["llm_zero_shot_gen"][0]["text"] == DISJOINT[0]
-    only = textstats.training_sets(root / "runs" / "study", "toy", 2, methods=["gradmm", "herding", "kcenter"])
+    only = textstats.training_sets(root / "studies" / "variants", "toy", 2, methods=["gradmm", "herding", "kcenter"])
     assert list(only) == ["gradmm"]
-    assert list(textstats.training_sets(root / "runs" / "study", "toy", 5)) == ["gradmm"]
+    assert list(textstats.training_sets(root / "studies" / "variants", "toy", 5)) == ["gradmm"]
     with pytest.raises(FileNotFoundError, match="toy"):
-        textstats.training_sets(root / "runs" / "study", "toy", 2, seed=1, methods=["random_real"])
+        textstats.training_sets(root / "studies" / "variants", "toy", 2, seed=1, methods=["random_real"])
     with pytest.raises(FileNotFoundError, match="nothere"):
-        textstats.training_sets(root / "runs" / "study", "nothere", 2)
+        textstats.training_sets(root / "studies" / "variants", "nothere", 2)
 
 
 def test_leakage_of_a_pool_copy_is_total_and_of_new_words_none(study):
     root, task = study
-    sets = textstats.training_sets(root / "runs" / "study", "toy", 2)
+    sets = textstats.training_sets(root / "studies" / "variants", "toy", 2)
     rows = {r["method"]: r for r in textstats.leakage_rows(task, sets, seed=0)}
     copy, new = rows["gradmm"], rows["llm_zero_shot_gen"]
     assert copy["exact_match_synthetic"] == 1.0 and copy["ngram8_synthetic"] == 1.0
@@ -71,7 +71,7 @@ def test_leakage_of_a_pool_copy_is_total_and_of_new_words_none(study):
 def test_perplexity_rows_one_finite_value_per_text(study, tiny):
     root, task = study
     model, tok = tiny
-    sets = textstats.training_sets(root / "runs" / "study", "toy", 2)
+    sets = textstats.training_sets(root / "studies" / "variants", "toy", 2)
     rows = textstats.perplexity_rows(model, tok, task, sets, "tiny-random", conditioned=True, progress=False)
     df = pd.DataFrame(rows)
     assert len(df) == len(task.pool) + len(task.dev) + sum(map(len, sets.values()))

@@ -93,6 +93,6 @@ def test_nbval_runs_the_transfer_notebook_with_two_tiny_models(project):  # noqa
                           "--rootdir", str(project), str(path)], cwd=project, env=dict(os.environ),
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
-    df = collect(project / "runs" / "transfer")
+    df = collect(project / "studies" / "transfer")
     assert set(df.target) == {"tiny-random-untied"} and set(df.source) == {"tiny-random", "real"}
     assert (project / "reports" / "figures" / "transfer.png").is_file()
