@@ -22,7 +22,8 @@ from gradmm.matching import Target, class_targets, joint_target
 from gradmm.scoring import first_label_ids, prompt_ids
 from gradmm.models import ModelConfig, load_model
 from gradmm.projection import allowed_token_mask
-from gradmm.records import write_json, write_jsonl
+from gradmm.records import write_json, write_jsonl, write_text
+from gradmm.worksharing import shared_loop
 
 log = logging.getLogger(__name__)
 
@@ -148,10 +149,10 @@ def generate(task: Task | DataConfig, model_cfg: ModelConfig, gen: GenerateConfi
     if gen.joint and gen.batch_size % task.n_classes:
         raise ValueError(f"generate.joint needs batch_size ({gen.batch_size}) divisible by {task.n_classes} classes")
     out.mkdir(parents=True, exist_ok=True)  # only a run that passed every check claims the directory
-    (out / "run_config.json").write_text(json.dumps(params, indent=2, sort_keys=True) + "\n")
+    write_text(out / "run_config.json", json.dumps(params, indent=2, sort_keys=True) + "\n")
     targets, snrs = build_targets(model, tok, task, gen, dp)
     (out / "batches").mkdir(exist_ok=True)
-    rows, per_group = [], []
+    rows, per_group, history = [], [], []
     for g, c in enumerate(groups):
         layout = layouts[g]
         if c is None:
@@ -162,18 +163,22 @@ def generate(task: Task | DataConfig, model_cfg: ModelConfig, gen: GenerateConfi
         else:
             problem = Problem(model, targets[c], layout, decoding_prefix_ids(tok, task, c, gen), allowed, gen)
             name, n_batches, row_labels = f"class{c}", gen.n_per_class // gen.batch_size, [c] * gen.batch_size
-        results = []
-        for b in range(n_batches):
-            done = out / "batches" / f"{name}-batch{b}.pt"
-            if not done.exists():
-                log.info("%s batch %d/%d", name if c is None else task.class_names[c], b + 1, n_batches)
-                seed = gen.seed * 1_000_003 + (task.n_classes if c is None else c) * 1_009 + b  # own stream per batch
-                ckpt = out / "batches" / f"{name}-batch{b}.ckpt"
-                result = run_batch(problem, gen.batch_size, seed, ckpt, progress)
-                torch.save(result, done.with_suffix(".tmp"))
-                done.with_suffix(".tmp").replace(done)
-                ckpt.unlink(missing_ok=True)
-            results.append(torch.load(done, weights_only=False))
+        def batch_file(b, name=name):
+            return out / "batches" / f"{name}-batch{b}.pt"
+
+        def run_one(b, c=c, name=name, problem=problem, n_batches=n_batches):
+            log.info("%s batch %d/%d", name if c is None else task.class_names[c], b + 1, n_batches)
+            seed = gen.seed * 1_000_003 + (task.n_classes if c is None else c) * 1_009 + b  # own stream per batch
+            ckpt = out / "batches" / f"{name}-batch{b}.ckpt"
+            result = run_batch(problem, gen.batch_size, seed, ckpt, progress)
+            torch.save(result, batch_file(b).with_suffix(".tmp"))
+            batch_file(b).with_suffix(".tmp").replace(batch_file(b))
+            ckpt.unlink(missing_ok=True)
+
+        # Other processes started with the same command take the batches this one has not (worksharing).
+        shared_loop(range(n_batches), lambda b: out / "batches" / ".locks" / batch_file(b).name, lambda b: batch_file(b).exists(),
+                    run_one)
+        results = [torch.load(batch_file(b), weights_only=False) for b in range(n_batches)]
         for b, result in enumerate(results):
             for i, ids in enumerate(result["ids"]):
                 text = tok.decode(ids[layout.free].tolist(), skip_special_tokens=True).strip()
@@ -184,10 +189,9 @@ def generate(task: Task | DataConfig, model_cfg: ModelConfig, gen: GenerateConfi
             "f_Z": [r["f_Z"] for r in results], "f_X_final": [r["f_X_final"] for r in results],
             "last_changed_fraction": [r["history"][-1].get("changed_fraction") for r in results],
             "mean_log_perplexity": sum(r["logppl"].mean().item() for r in results) / len(results)})
-        with (out / "history.jsonl").open("w" if g == 0 else "a") as f:
-            for b, r in enumerate(results):
-                for rec in r["history"]:
-                    f.write(json.dumps({"class": name if c is None else c, "batch": b, **rec}) + "\n")
+        history += [{"class": name if c is None else c, "batch": b, **rec} for b, r in enumerate(results)
+                    for rec in r["history"]]
+    write_jsonl(out / "history.jsonl", history)  # atomic: workers that finish together write the same file
     write_jsonl(out / "raw.jsonl", rows)
     metrics = {"dataset": task.name, "model": model_cfg.name, "params_hash": config_hash(model_cfg, gen, dp),
                "n_raw": len(rows), "classes": per_group, "dp": dp.enabled,

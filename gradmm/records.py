@@ -1,6 +1,8 @@
-"""jsonl records of texts, written atomically (an interrupted write never leaves half a file)."""
+"""jsonl/json records, written atomically: an interrupted write never leaves half a file, and processes
+sharing a run (gradmm.worksharing) that write the same file never see each other's half-written copy."""
 
 import json
+import os
 from pathlib import Path
 
 
@@ -9,17 +11,17 @@ def read_jsonl(path: Path) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def write_jsonl(path: Path, rows: list[dict]) -> None:
+def write_text(path: Path, text: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    with tmp.open("w") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # one temporary file per writing process
+    tmp.write_text(text)
     tmp.replace(path)
 
 
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    write_text(path, "".join(json.dumps(row) + "\n" for row in rows))
+
+
 def write_json(path: Path, obj) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=2) + "\n")
+    write_text(path, json.dumps(obj, indent=2) + "\n")

@@ -24,7 +24,8 @@ from pathlib import Path
 import pandas as pd
 
 from gradmm.config import as_dict, config_hash
-from gradmm.records import read_jsonl, write_json, write_jsonl
+from gradmm.records import read_jsonl, write_json, write_jsonl, write_text
+from gradmm.worksharing import file_lock, shared_loop
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +106,7 @@ def _guard_cell(out: Path, params: dict) -> None:
 
     guard_run_dir(out, params, archive_stale=True)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "run_config.json").write_text(json.dumps(params, indent=2, sort_keys=True) + "\n")
+    write_text(out / "run_config.json", json.dumps(params, indent=2, sort_keys=True) + "\n")
 
 
 def run_cell(task, method: str, cfg: StudyConfig, params_file: str, model_cfg, finetune_cfg, filter_cfg,
@@ -138,45 +139,50 @@ def run_cell(task, method: str, cfg: StudyConfig, params_file: str, model_cfg, f
               "variant": {g: [as_dict(c) for c in v] for g, v in gens.items()}}
     _guard_cell(out, params)
     model, tok = load_model(model_cfg.name, model_cfg.device, model_cfg.dtype)
-    results = []
-    for n in cfg.n_per_class:
-        for g in cfg.generation_seeds:
-            per_seed_sets = method in ("random_real", "herding", "kcenter")
-            for s in cfg.seeds:
-                if method == "zero_shot" and s != cfg.seeds[0]:
-                    break  # deterministic: one run
-                result_path = out / f"result-n{n}-g{g}-s{s}.json"
-                if result_path.is_file():
-                    results.append(json.loads(result_path.read_text()))
-                    continue
-                set_path = out / (f"trainset-n{n}-s{s}.jsonl" if per_seed_sets else f"trainset-n{n}-g{g}.jsonl")
-                if not set_path.is_file():
-                    if method in GENERATORS:
-                        gen, dp, fcfg = gens[g]
-                        metrics = generate(task, model_cfg, gen, dp, out / f"generated-g{g}", progress=progress,
-                                           archive_stale=True)
-                        raw = read_jsonl(out / f"generated-g{g}" / "raw.jsonl")
-                        fcfg.n_per_class = n
-                        rows, info = filter_rows(model, tok, task, raw, fcfg, private=dp.enabled, progress=progress)
-                        info = {"filter": info, "generate_metrics": metrics}
-                        diag = out / f"diagnostics-g{g}.json"
-                        if not diag.is_file():
-                            write_json(diag, variant_diagnostics(model, tok, task, gen, raw, cfg.diagnostics_sets))
-                    else:
-                        exp = type(exp_cfg)(**{**as_dict(exp_cfg), "n_per_class": n, "llm_raw_per_class": cfg.raw_per_class})
-                        fcfg = FilterConfig(**{**as_dict(filter_cfg), "n_per_class": n})
-                        rows, info = baseline_trainset(method, model, tok, task, exp, s if per_seed_sets else g, fcfg,
-                                                       progress=progress)
-                    write_jsonl(set_path, rows)
-                    write_json(set_path.with_suffix(".info.json"), info)
-                rows = read_jsonl(set_path)
-                result = evaluate_method(method, rows, model, tok, task, finetune_cfg, s, progress)
-                result.update(dataset=task.name, model=model_cfg.name, n_per_class=n, generation_seed=g,
-                              train_file=set_path.name, params_hash=config_hash(finetune_cfg))
-                write_json(result_path, result)
-                log.info("%s %s n=%d g=%d s=%d: test %.3f dev %s", task.name, method, n, g, s, result["test_accuracy"],
-                         result.get("dev_accuracy"))
-                results.append(result)
+    per_seed_sets = method in ("random_real", "herding", "kcenter")
+    runs = [(n, g, s) for n in cfg.n_per_class for g in cfg.generation_seeds
+            for s in (cfg.seeds[:1] if method == "zero_shot" else cfg.seeds)]  # zero-shot is deterministic: one run
+
+    def result_path(run):
+        n, g, s = run
+        return out / f"result-n{n}-g{g}-s{s}.json"
+
+    def make_set(set_path: Path, n: int, g: int, s: int) -> None:
+        if method in GENERATORS:
+            gen, dp, fcfg = gens[g]
+            metrics = generate(task, model_cfg, gen, dp, out / f"generated-g{g}", progress=progress, archive_stale=True)
+            raw = read_jsonl(out / f"generated-g{g}" / "raw.jsonl")
+            fcfg.n_per_class = n
+            rows, info = filter_rows(model, tok, task, raw, fcfg, private=dp.enabled, progress=progress)
+            info = {"filter": info, "generate_metrics": metrics}
+            diag = out / f"diagnostics-g{g}.json"
+            if not diag.is_file():
+                write_json(diag, variant_diagnostics(model, tok, task, gen, raw, cfg.diagnostics_sets))
+        else:
+            exp = type(exp_cfg)(**{**as_dict(exp_cfg), "n_per_class": n, "llm_raw_per_class": cfg.raw_per_class})
+            fcfg = FilterConfig(**{**as_dict(filter_cfg), "n_per_class": n})
+            rows, info = baseline_trainset(method, model, tok, task, exp, s if per_seed_sets else g, fcfg,
+                                           progress=progress)
+        write_json(set_path.with_suffix(".info.json"), info)
+        write_jsonl(set_path, rows)  # last: its presence means the set is complete
+
+    def run_one(run):
+        n, g, s = run
+        set_path = out / (f"trainset-n{n}-s{s}.jsonl" if per_seed_sets else f"trainset-n{n}-g{g}.jsonl")
+        with file_lock(out / ".locks" / set_path.name):  # runs of other seeds share a generated set
+            if not set_path.is_file():
+                make_set(set_path, n, g, s)
+        rows = read_jsonl(set_path)
+        result = evaluate_method(method, rows, model, tok, task, finetune_cfg, s, progress)
+        result.update(dataset=task.name, model=model_cfg.name, n_per_class=n, generation_seed=g,
+                      train_file=set_path.name, params_hash=config_hash(finetune_cfg))
+        write_json(result_path(run), result)
+        log.info("%s %s n=%d g=%d s=%d: test %.3f dev %s", task.name, method, n, g, s, result["test_accuracy"],
+                 result.get("dev_accuracy"))
+
+    # Processes started with the same cell share its runs (gradmm.worksharing); a finished one is never redone.
+    shared_loop(runs, lambda run: out / ".locks" / result_path(run).name, lambda run: result_path(run).is_file(), run_one)
+    results = [json.loads(result_path(run).read_text()) for run in runs]
     return results
 
 

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from gradmm.records import read_jsonl, write_json
+from gradmm.records import read_jsonl, write_json, write_text
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +178,7 @@ def run_cell(task, target: str, method: str, cfg: TransferConfig, study_dir: Pat
               "train": {"probe_c": list(cfg.probe_c)} if target == PROBE else as_dict(ft_cfg)}
     guard_run_dir(out, params, archive_stale=True)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "run_config.json").write_text(json.dumps(params, indent=2, sort_keys=True) + "\n")
+    write_text(out / "run_config.json", json.dumps(params, indent=2, sort_keys=True) + "\n")
     seeds = cfg.seeds[:1] if method == "zero_shot" or (target == PROBE and fixed) else cfg.seeds
     results = []
     for s in seeds:

@@ -1,0 +1,91 @@
+"""Processes started with the same command share its work (gradmm.worksharing): nothing done twice, the same
+files as one process, and a unit left by a dead process is taken over."""
+
+import json
+import multiprocessing as mp
+import time
+from pathlib import Path
+
+from gradmm.worksharing import file_lock, shared_loop
+
+
+def _hold(lock: str, done: str | None, seconds: float, ready) -> None:
+    with file_lock(Path(lock)):
+        ready.set()
+        time.sleep(seconds)
+        if done:
+            Path(done).write_text("by the other process")
+
+
+def test_a_held_item_is_waited_for_and_a_dead_holders_item_is_redone(tmp_path):
+    ctx = mp.get_context("spawn")
+    done = {i: tmp_path / f"{i}.done" for i in range(4)}
+    lock = {i: tmp_path / ".locks" / f"{i}" for i in range(4)}
+    ready1, ready3 = ctx.Event(), ctx.Event()
+    finishes = ctx.Process(target=_hold, args=(str(lock[1]), str(done[1]), 1.0, ready1))  # finishes item 1
+    dies = ctx.Process(target=_hold, args=(str(lock[3]), None, 1.0, ready3))  # exits without finishing item 3
+    finishes.start(), dies.start()
+    assert ready1.wait(60) and ready3.wait(60)
+    worked = []
+
+    def work(i):
+        worked.append(i)
+        done[i].write_text("here")
+
+    shared_loop(range(4), lock.get, lambda i: done[i].exists(), work)
+    finishes.join(), dies.join()
+    assert worked == [0, 2, 3]  # 1 was finished by its holder; 3 was left unfinished, so it is done here
+    assert done[1].read_text() == "by the other process"
+    assert all(p.exists() for p in done.values())
+
+
+def test_file_lock_is_exclusive_and_not_blocking_on_request(tmp_path):
+    with file_lock(tmp_path / "l") as first:
+        assert first
+        with file_lock(tmp_path / "l", blocking=False) as second:  # flock: a second open file is refused too
+            assert second is False
+    with file_lock(tmp_path / "l", blocking=False) as again:
+        assert again
+
+
+def _generate_counting(data_path: str, out: str, calls: str) -> None:
+    import gradmm.generate as generate_module
+    from gradmm.admm import GenerateConfig
+    from gradmm.data import DataConfig
+    from gradmm.generate import DPConfig, generate
+    from gradmm.models import ModelConfig
+
+    real = generate_module.run_batch
+
+    def counted(problem, batch_size, seed, ckpt, progress):
+        with open(calls, "a") as f:
+            f.write(f"{seed}\n")
+        return real(problem, batch_size, seed, ckpt, progress)
+
+    generate_module.run_batch = counted
+    data = DataConfig(dataset="local", source=data_path, label_names=["negative", "positive"], pool_per_class=10,
+                      dev_per_class=5, test_per_class=5)
+    gen = GenerateConfig(n_per_class=6, batch_size=2, outer_steps=3, inner_steps=3, topk=20, init_candidates=2,
+                         max_seq_len=10)
+    generate(data, ModelConfig(name="tiny-random", device="cpu"), gen, DPConfig(), Path(out), progress=False)
+
+
+def test_two_processes_split_a_generation_and_write_what_one_process_writes(tmp_path):
+    from tests.conftest import toy_examples
+
+    data = tmp_path / "toy.jsonl"
+    data.write_text("".join(json.dumps({"text": e.text, "label": e.label}) + "\n" for e in toy_examples(30)))
+    ctx = mp.get_context("spawn")
+    _generate_counting(str(data), str(tmp_path / "alone"), str(tmp_path / "alone.calls"))
+    workers = [ctx.Process(target=_generate_counting, args=(str(data), str(tmp_path / "shared"), str(tmp_path / "shared.calls")))
+               for _ in range(2)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(300)
+    assert [w.exitcode for w in workers] == [0, 0]
+    alone = (tmp_path / "alone.calls").read_text().split()
+    shared = (tmp_path / "shared.calls").read_text().split()
+    assert len(alone) == 6 and sorted(shared) == sorted(alone)  # 2 classes × 3 batches, none done twice
+    for name in ("raw.jsonl", "history.jsonl"):
+        assert (tmp_path / "shared" / name).read_bytes() == (tmp_path / "alone" / name).read_bytes()
