@@ -133,7 +133,7 @@ class Problem:
 
     def project(self, E: torch.Tensor, progress: bool, rho: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
         ids = torch.empty(E.shape[:2], dtype=torch.long, device=E.device)
-        logppl = torch.empty(E.shape[0])
+        logppl = torch.empty(E.shape[0], device=E.device)
         for rows, prefix in self.groups(E.shape[0]):
             ids[rows], logppl[rows] = project_to_tokens(
                 self.model, E[rows], prefix, self.allowed, self.cfg.topk, self.cfg.order,

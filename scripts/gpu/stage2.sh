@@ -16,6 +16,9 @@ python3 -c "from gradmm.models import load_model; load_model('smollm2-135m', 'cp
 # How many processes: by the speed-up stage1 measured for 12 (with MPS if it was faster, else without).
 read -r N USE_MPS < <(python3 - <<'PY'
 import json, os
+if not os.path.exists("/tmp/scaling.json"):  # stage1's measurement failed: 12 processes on MPS
+    print(12, 1)
+    raise SystemExit
 rates = json.load(open("/tmp/scaling.json"))
 mps = json.load(open("/tmp/scaling_mps.json"))["12"] if os.path.exists("/tmp/scaling_mps.json") else 0
 best = max(rates["12"], mps)
