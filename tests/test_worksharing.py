@@ -89,3 +89,55 @@ def test_two_processes_split_a_generation_and_write_what_one_process_writes(tmp_
     assert len(alone) == 6 and sorted(shared) == sorted(alone)  # 2 classes × 3 batches, none done twice
     for name in ("raw.jsonl", "history.jsonl"):
         assert (tmp_path / "shared" / name).read_bytes() == (tmp_path / "alone" / name).read_bytes()
+
+
+def _study_counting(project: str, calls: str) -> None:
+    import os
+
+    import gradmm.generate as generate_module
+    from gradmm.cli import main
+
+    real = generate_module.run_batch
+
+    def counted(problem, batch_size, seed, ckpt, progress):
+        with open(calls, "a") as f:
+            f.write(f"{os.getpid()} {seed}\n")
+        return real(problem, batch_size, seed, ckpt, progress)
+
+    generate_module.run_batch = counted
+    os.chdir(project)
+    main(["study", "--params", "params.yaml", "--task", "task", "--method", "gradmm", "--out", "cell",
+          "--set", "model.name=tiny-random", "--set", "model.device=cpu", "--set", "study.methods=[\"gradmm\"]",
+          "--set", "study.n_per_class=[2]", "--set", "study.raw_per_class=4", "--set", "study.seeds=[0, 1]",
+          "--set", 'study.generate={"batch_size": 1, "outer_steps": 2, "inner_steps": 2, "topk": 20, '
+                   '"init_candidates": 2, "max_seq_len": 10}',
+          "--set", "finetune.steps=1", "--set", "finetune.batch_size=2"])
+
+
+def test_two_processes_of_one_study_cell_share_its_generation(tmp_path):
+    """The batches of a cell's generation are split between the processes, not made by the first alone
+    (a set lock held during the whole generation once serialised them)."""
+    import shutil
+
+    from gradmm.experiment import write_task
+    from gradmm.paths import PROJECT_ROOT
+    from tests.conftest import toy_examples
+    from gradmm.data import TEMPLATES, Task
+
+    rows = toy_examples(30)
+    write_task(Task("toy", ["negative", "positive"], TEMPLATES["paper"], rows[:20], rows[20:40], rows[40:60]),
+              tmp_path / "task")
+    shutil.copy(PROJECT_ROOT / "params.yaml", tmp_path / "params.yaml")
+    ctx = mp.get_context("spawn")
+    workers = [ctx.Process(target=_study_counting, args=(str(tmp_path), str(tmp_path / "calls"))) for _ in range(2)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(600)
+    assert [w.exitcode for w in workers] == [0, 0]
+    calls = [line.split() for line in (tmp_path / "calls").read_text().splitlines()]
+    seeds = [seed for _, seed in calls]
+    assert len(seeds) == 8 and len(set(seeds)) == 8  # 2 classes × 4 batches of 1, none made twice
+    assert len({pid for pid, _ in calls}) == 2  # both processes generated
+    assert sorted(p.name for p in (tmp_path / "cell").glob("result-*.json")) == ["result-n2-g0-s0.json",
+                                                                                "result-n2-g0-s1.json"]
