@@ -180,6 +180,7 @@ def main(argv=None) -> str:
         n_params = sum(p.numel() for p in model.parameters()) / 1e6
         lines.append(f"| {arch} | {n_params:.0f}M | {t_x:.4f} | {t_z:.3f} | {init:.2f} | {outer:.2f} | "
                      f"{init + 30 * outer:.0f} | {t_ft:.4f} | {200 * t_ft:.0f} | {peak:.1f} |")
+        print("\n".join(lines), flush=True)  # so far: a run stopped by a time limit keeps its finished rows
         del model, opt, problem, X
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -190,6 +191,7 @@ def main(argv=None) -> str:
         for n in args.procs:
             rates[n] = scaling(args, n)
             lines.append(f"| {n} | {rates[n]:.1f} | {rates[n] / rates[args.procs[0]]:.2f}× |")
+            print(lines[-1], flush=True)
         if args.scaling_json:
             with open(args.scaling_json, "w") as f:
                 json.dump(rates, f)
