@@ -46,6 +46,7 @@ class PrivacyConfig:
     canary_method: str = "gradmm"  # the GRADMM variant that generates from the canaried pool
     epsilons: list[float] = field(default_factory=lambda: [10.0, 1.0, 0.05])  # DP sweep; ∞ = the study's gradmm
     dp_seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # fine-tuning seeds per ε
+    second_model: str = ""  # the report's second perplexity scorer (notebook 02); '' = none
 
 
 def check_privacy(cfg: PrivacyConfig) -> None:

@@ -34,7 +34,7 @@ TINY_PARAMS = {
               "diagnostics_sets": 1, "screen": {"datasets": ["local"], "methods": ["gradmm_converge"]}},
     "privacy": {"datasets": ["local"], "n_per_class": 2, "methods": ["random_real"], "members": 5, "canaries": 1,
                 "canary_alternatives": 5, "canary_method": "gradmm_joint", "epsilons": [1.0], "dp_seeds": [0],
-                "attack_lr": 1.0e-3},
+                "attack_lr": 1.0e-3, "second_model": ""},
     "transfer": {"datasets": ["local"], "targets": ["minilm"], "n_per_class": 2, "methods": ["random_real", "gradmm_joint"],
                  "seeds": [0]},
 }
