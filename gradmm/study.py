@@ -147,11 +147,9 @@ def run_cell(task, method: str, cfg: StudyConfig, params_file: str, model_cfg, f
         n, g, s = run
         return out / f"result-n{n}-g{g}-s{s}.json"
 
-    def make_set(set_path: Path, n: int, g: int, s: int) -> None:
+    def make_set(set_path: Path, n: int, g: int, s: int, metrics: dict | None) -> None:
         if method in GENERATORS:
             gen, dp, fcfg = gens[g]
-            metrics = generate(task, model_cfg, gen, dp, out / f"generated-g{g}", progress=progress,
-                               archive_stale=True)  # finished: loads the batches
             raw = read_jsonl(out / f"generated-g{g}" / "raw.jsonl")
             fcfg.n_per_class = n
             rows, info = filter_rows(model, tok, task, raw, fcfg, private=dp.enabled, progress=progress)
@@ -170,12 +168,13 @@ def run_cell(task, method: str, cfg: StudyConfig, params_file: str, model_cfg, f
     def run_one(run):
         n, g, s = run
         set_path = out / (f"trainset-n{n}-s{s}.jsonl" if per_seed_sets else f"trainset-n{n}-g{g}.jsonl")
+        metrics = None
         if method in GENERATORS and not set_path.is_file():  # outside the set's lock: workers share the batches
             gen, dp, _ = gens[g]
-            generate(task, model_cfg, gen, dp, out / f"generated-g{g}", progress=progress, archive_stale=True)
+            metrics = generate(task, model_cfg, gen, dp, out / f"generated-g{g}", progress=progress, archive_stale=True)
         with file_lock(out / ".locks" / set_path.name):  # runs of other seeds share a generated set
             if not set_path.is_file():
-                make_set(set_path, n, g, s)
+                make_set(set_path, n, g, s, metrics)
         rows = read_jsonl(set_path)
         result = evaluate_method(method, rows, model, tok, task, finetune_cfg, s, progress)
         result.update(dataset=task.name, model=model_cfg.name, n_per_class=n, generation_seed=g,

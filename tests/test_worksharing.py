@@ -48,21 +48,29 @@ def test_file_lock_is_exclusive_and_not_blocking_on_request(tmp_path):
         assert again
 
 
-def _generate_counting(data_path: str, out: str, calls: str) -> None:
+def _count_batches(calls: str) -> None:
+    """Make this process append "<pid> <seed>" to `calls` for each generation batch it runs."""
+    import os
+
     import gradmm.generate as generate_module
-    from gradmm.admm import GenerateConfig
-    from gradmm.data import DataConfig
-    from gradmm.generate import DPConfig, generate
-    from gradmm.models import ModelConfig
 
     real = generate_module.run_batch
 
     def counted(problem, batch_size, seed, ckpt, progress):
         with open(calls, "a") as f:
-            f.write(f"{seed}\n")
+            f.write(f"{os.getpid()} {seed}\n")
         return real(problem, batch_size, seed, ckpt, progress)
 
     generate_module.run_batch = counted
+
+
+def _generate_counting(data_path: str, out: str, calls: str) -> None:
+    from gradmm.admm import GenerateConfig
+    from gradmm.data import DataConfig
+    from gradmm.generate import DPConfig, generate
+    from gradmm.models import ModelConfig
+
+    _count_batches(calls)
     data = DataConfig(dataset="local", source=data_path, label_names=["negative", "positive"], pool_per_class=10,
                       dev_per_class=5, test_per_class=5)
     gen = GenerateConfig(n_per_class=6, batch_size=2, outer_steps=3, inner_steps=3, topk=20, init_candidates=2,
@@ -89,8 +97,8 @@ def test_two_processes_split_a_generation_and_write_what_one_process_writes(tmp_
     for w in workers:
         w.join(300)
     assert [w.exitcode for w in workers] == [0, 0]
-    alone = (tmp_path / "alone.calls").read_text().split()
-    shared = (tmp_path / "shared.calls").read_text().split()
+    alone = [line.split()[1] for line in (tmp_path / "alone.calls").read_text().splitlines()]
+    shared = [line.split()[1] for line in (tmp_path / "shared.calls").read_text().splitlines()]
     assert len(alone) == 6 and sorted(shared) == sorted(alone)  # 2 classes × 3 batches, none done twice
     for name in ("raw.jsonl", "history.jsonl"):
         assert (tmp_path / "shared" / name).read_bytes() == (tmp_path / "alone" / name).read_bytes()
@@ -99,17 +107,9 @@ def test_two_processes_split_a_generation_and_write_what_one_process_writes(tmp_
 def _study_counting(project: str, calls: str) -> None:
     import os
 
-    import gradmm.generate as generate_module
     from gradmm.cli import main
 
-    real = generate_module.run_batch
-
-    def counted(problem, batch_size, seed, ckpt, progress):
-        with open(calls, "a") as f:
-            f.write(f"{os.getpid()} {seed}\n")
-        return real(problem, batch_size, seed, ckpt, progress)
-
-    generate_module.run_batch = counted
+    _count_batches(calls)
     os.chdir(project)
     main(["study", "--params", "params.yaml", "--task", "task", "--method", "gradmm", "--out", "cell",
           "--set", "model.name=tiny-random", "--set", "model.device=cpu", "--set", "study.methods=[\"gradmm\"]",
