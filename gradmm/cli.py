@@ -266,9 +266,10 @@ def cmd_transfer(args) -> list:
 
 
 def cmd_transfer_report(args) -> None:
-    from gradmm.transfer import write_report
+    from gradmm.transfer import settings, write_report
 
-    write_report(args.runs, args.reports)
+    cfg = settings(args.params)[0] if args.study else None
+    write_report(args.runs, args.reports, args.study, cfg)
     print((Path(args.reports) / "tables" / "transfer.md").read_text())
 
 
@@ -384,6 +385,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("transfer-report", help="transfer: reports/tables/transfer.{csv,md}, figures/transfer.png")
     p.add_argument("--runs", default="studies/transfer", help="<runs>/<dataset>/<target>/<method>/")
     p.add_argument("--reports", default="reports")
+    p.add_argument("--study", default=None, help="add the source model's own results from these study cells "
+                   "(the transfer section's datasets, methods, n_per_class and seeds)")
+    p.add_argument("--params", default="params.yaml", help="the transfer section, with --study")
     p.set_defaults(func=cmd_transfer_report)
     p = sub.add_parser("study-report", help="variants study: reports/tables/variants.{csv,md}, figures/variants.png")
     p.add_argument("--runs", default="studies/variants", help="the study's cells (<runs>/<dataset>/<method>/)")

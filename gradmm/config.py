@@ -3,16 +3,33 @@
 import dataclasses
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import yaml
+
+
+class ParamsLoader(yaml.SafeLoader):
+    """PyYAML (YAML 1.1) plus YAML 1.2's floats: ruamel (DVC's `exp run -S`, `gradmm profile`) writes 2e-05,
+    which YAML 1.1 reads as a string."""
+
+
+ParamsLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|[0-9][0-9_]*[eE][-+]?[0-9]+|\.[0-9_]+(?:[eE][-+]?[0-9]+)?"
+               r"|\.(?:inf|Inf|INF))$|^\.(?:nan|NaN|NAN)$"),
+    list("-+0123456789."))
+
+
+def load_yaml(text: str):
+    return yaml.load(text, Loader=ParamsLoader)
 
 
 def read_params(path: str | Path = "params.yaml") -> dict:
     path = Path(path)
     if not path.is_file():
         return {}
-    return yaml.safe_load(path.read_text()) or {}
+    return load_yaml(path.read_text()) or {}
 
 
 def build(cls, values: dict, section: str):
@@ -41,7 +58,7 @@ def parse_value(raw: str):
     try:
         return json.loads(raw)
     except ValueError:
-        return yaml.safe_load(raw)
+        return load_yaml(raw)
 
 
 def load_config(cls, section: str, params_path: str | Path = "params.yaml", overrides: list[str] = ()):
@@ -74,7 +91,7 @@ def apply_profile(profile_path: str | Path, params_path: str | Path = "params.ya
         raise FileNotFoundError(f"profile {profile_path.stem!r} not found in {profile_path.parent}: use one of {names}")
     rt = YAML()
     params = rt.load(params_path.read_text())
-    profile = yaml.safe_load(profile_path.read_text()) or {}
+    profile = load_yaml(profile_path.read_text()) or {}
     changed = []
     for section, values in profile.items():
         if section not in params:

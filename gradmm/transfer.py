@@ -215,6 +215,41 @@ def collect(transfer_dir) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def source_rows(study_dir, cfg: TransferConfig) -> pd.DataFrame:
+    """The source model trained on the same sets: the study's own results at this budget and these seeds,
+    in collect()'s columns (target = the study's model, source = "study"), for the by-target comparison."""
+    rows = []
+    for d in cfg.datasets:
+        for m in cfg.methods:
+            for s in cfg.seeds:
+                f = Path(study_dir) / d / m / f"result-n{cfg.n_per_class}-g{cfg.generation_seed}-s{s}.json"
+                if not f.is_file():
+                    continue
+                r = json.loads(f.read_text())
+                shares = r.get("test_prediction_shares") or [float("nan")]
+                rows.append({"dataset": d, "source": "study", "target": r["model"], "method": m,
+                             "n_per_class": cfg.n_per_class, "seed": s, "dev_accuracy": r.get("dev_accuracy"),
+                             "n_train": r.get("n_train"), "wall_seconds": r.get("wall_seconds"),
+                             "accuracy": r["test_accuracy"], "majority_share": max(shares)})
+    return pd.DataFrame(rows)
+
+
+def by_target(summ: pd.DataFrame) -> list[str]:
+    """One markdown table per dataset: methods down, targets across (test mean ± std), so a method's rank
+    can be followed from one model to the next."""
+    from gradmm.report import format_accuracy
+
+    lines = []
+    for d, part in summ.groupby("dataset", sort=True):
+        targets = list(dict.fromkeys(part.target))
+        lines += [f"### {d}", "", "| method | " + " | ".join(targets) + " |", "|---|" + "---|" * len(targets)]
+        for m in dict.fromkeys(part.method):
+            cells = {r.target: format_accuracy(r.mean, r.std) for r in part[part.method == m].itertuples()}
+            lines.append(f"| {m} | " + " | ".join(cells.get(t, "") for t in targets) + " |")
+        lines.append("")
+    return lines
+
+
 def summary(df: pd.DataFrame) -> pd.DataFrame:
     from gradmm.report import ordered_methods
 
@@ -239,22 +274,31 @@ def markdown(summ: pd.DataFrame) -> str:
         dev = "" if r.dev_mean != r.dev_mean else f"{100 * r.dev_mean:.1f}"
         lines.append(f"| {r.dataset} | {r.target} | {r.n_per_class} | {r.method} | {r.runs} | "
                      f"{format_accuracy(r.mean, r.std)} | {dev} | {100 * r.majority_share:.0f} |")
-    return "\n".join(lines) + "\n"
+    lines += ["", "## By target", "",
+              "Test mean ± std. A column marked with the study's model (source `study` in transfer.csv) is the source "
+              "model fine-tuned on the same sets in the variants study (same seeds); blank: not run for that target.",
+              ""] + by_target(summ)
+    return "\n".join(lines).rstrip() + "\n"
 
 
 def plot(df: pd.DataFrame, path_png):
-    """Test accuracy per method (mean, ± sd bars, every run as a dot), one panel per dataset × target."""
+    """Test accuracy per method (mean, ± sd bars, every run as a dot): a row of panels per dataset, a column per
+    target."""
     import seaborn as sns
     from matplotlib.figure import Figure
 
     from gradmm.report import ordered_methods
 
-    panels = df[["dataset", "target"]].drop_duplicates().values.tolist()
+    datasets, targets = list(dict.fromkeys(df.dataset)), list(dict.fromkeys(df.target))
     order = ordered_methods(df.method.unique())
-    fig = Figure(figsize=(5 * len(panels), 0.4 * len(order) + 1.8))
-    axes = fig.subplots(1, len(panels), squeeze=False)[0]
-    for ax, (d, t) in zip(axes, panels):
+    fig = Figure(figsize=(4.5 * len(targets), (0.35 * len(order) + 1.2) * len(datasets)))
+    axes = fig.subplots(len(datasets), len(targets), squeeze=False, sharey=True)
+    for (i, d), (j, t) in ((a, b) for a in enumerate(datasets) for b in enumerate(targets)):
+        ax = axes[i][j]
         part = df[(df.dataset == d) & (df.target == t)].assign(accuracy=lambda x: 100 * x.accuracy)
+        if part.empty:
+            ax.set_axis_off()
+            continue
         sns.barplot(part, x="accuracy", y="method", order=order, errorbar="sd", ax=ax, color="#9ecae1")
         sns.stripplot(part, x="accuracy", y="method", order=order, ax=ax, color="k", size=3)
         ax.set(title=f"{d} → {t}", xlabel="test accuracy (%)", ylabel="", xlim=(0, 100))
@@ -264,11 +308,15 @@ def plot(df: pd.DataFrame, path_png):
     return fig
 
 
-def write_report(transfer_dir, reports_dir="reports") -> pd.DataFrame:
-    """tables/transfer.csv (every run), tables/transfer.md (summary) and figures/transfer.png."""
+def write_report(transfer_dir, reports_dir="reports", study_dir=None, cfg: TransferConfig | None = None) -> pd.DataFrame:
+    """tables/transfer.csv (every run), tables/transfer.md (summary) and figures/transfer.png. With study_dir
+    and cfg, the source model's own results on the same sets join as one more target."""
     df = collect(transfer_dir)
     if df.empty:
         raise FileNotFoundError(f"no transfer results under {transfer_dir}: run `gradmm transfer` first")
+    if study_dir is not None and cfg is not None:
+        src = source_rows(study_dir, cfg)
+        df = pd.concat([src, df], ignore_index=True) if len(src) else df
     tables = Path(reports_dir) / "tables"
     tables.mkdir(parents=True, exist_ok=True)
     df.to_csv(tables / "transfer.csv", index=False, lineterminator="\n")

@@ -41,6 +41,12 @@ def test_a_causal_target_and_the_probe_learn_from_the_source_sets(transferred):
     assert main(["transfer-report", "--runs", str(transferred / "transfer"), "--reports", str(transferred / "reports")]) == 0
     assert "| toy | minilm | 2 | gradmm | 1 |" in (transferred / "reports" / "tables" / "transfer.md").read_text()
     assert (transferred / "reports" / "figures" / "transfer.png").stat().st_size > 1000
+    # the source model's own results on the same sets join as one more target column
+    assert main(["transfer-report", "--runs", str(transferred / "transfer"), "--reports", str(transferred / "reports"),
+                 "--study", str(transferred / "study"), "--params", str(transferred / "params.yaml")]) == 0
+    md = (transferred / "reports" / "tables" / "transfer.md").read_text()
+    assert "| toy | tiny-random | 2 | gradmm | 2 |" in md
+    assert "| method | minilm | tiny-random | tiny-random-untied |" in md
 
 
 def test_the_probe_picks_c_on_dev_and_scores_test():

@@ -1,0 +1,52 @@
+"""Every profile under profiles/ merges into params.yaml and gives settings that pass each section's checks."""
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from gradmm.config import apply_profile, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+PROFILES = sorted((ROOT / "profiles").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("profile", PROFILES, ids=[p.stem for p in PROFILES])
+def test_a_profile_merges_into_valid_settings(profile, tmp_path):
+    from gradmm.admm import check_config as check_generate
+    from gradmm.experiment import ExperimentConfig, check_experiment
+    from gradmm.finetune import FinetuneConfig
+    from gradmm.finetune import check_config as check_finetune
+    from gradmm.generate import GenerateConfig
+    from gradmm.models import ModelConfig, check_model_name
+    from gradmm.study import StudyConfig, check_study
+    from gradmm.transfer import settings
+
+    params = tmp_path / "params.yaml"
+    shutil.copy(ROOT / "params.yaml", params)
+    assert apply_profile(profile, params), f"{profile.name} changes nothing"
+    check_model_name(load_config(ModelConfig, "model", params).name)
+    check_generate(load_config(GenerateConfig, "generate", params))
+    check_finetune(load_config(FinetuneConfig, "finetune", params))
+    check_experiment(load_config(ExperimentConfig, "experiment", params))
+    check_study(load_config(StudyConfig, "study", params))
+    settings(params)  # the transfer section, with its finetune overrides
+
+
+def test_the_paper_profile_names_the_papers_transfer_targets(tmp_path):
+    from gradmm.transfer import settings
+
+    params = tmp_path / "params.yaml"
+    shutil.copy(ROOT / "params.yaml", params)
+    apply_profile(ROOT / "profiles" / "paper.yaml", params)
+    cfg = settings(params)[0]
+    assert {"meta-llama/Llama-3.2-1B", "facebook/opt-1.3b"} <= set(cfg.targets)
+    assert cfg.datasets == ["sst2", "rotten_tomatoes"]
+
+
+def test_an_unknown_profile_key_is_named(tmp_path):
+    params, bad = tmp_path / "params.yaml", tmp_path / "bad.yaml"
+    shutil.copy(ROOT / "params.yaml", params)
+    bad.write_text("generate:\n  outer_stpes: 3\n")
+    with pytest.raises(ValueError, match="generate.outer_stpes"):
+        apply_profile(bad, params)
