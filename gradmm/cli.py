@@ -141,11 +141,12 @@ def cmd_filter(args) -> dict:
 
 
 def _experiment(args):
-    from gradmm.experiment import ExperimentConfig, check_experiment
+    """The experiment section at this call's budget (--n-per-class, else experiment.n_per_class's only one)."""
+    from gradmm.experiment import ExperimentConfig, at_budget, check_experiment
 
     cfg = load_config(ExperimentConfig, "experiment", args.params, args.overrides)
     check_experiment(cfg)
-    return cfg
+    return at_budget(cfg, args.n_per_class)
 
 
 def cmd_baseline(args) -> dict:
@@ -358,10 +359,12 @@ def build_parser() -> argparse.ArgumentParser:
               cmd_baseline)
     p.add_argument("--method", required=True)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n-per-class", type=int, help="the budget n (default: experiment.n_per_class's only one)")
     p = stage("finetune", "fine-tune on a training set (or score in context) and report test accuracy", cmd_finetune)
     p.add_argument("--method", required=True, help="the method the training set belongs to")
     p.add_argument("--train", required=True, help="training set jsonl (text, label)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n-per-class", type=int, help="the budget n the set was made for (recorded in the result)")
 
     p = stage("diagnose", "does the class target separate the classes? f of synthetic, real and random sets",
               cmd_diagnose, needs_out=False)

@@ -1,7 +1,8 @@
 """The classification experiment: named methods, their training sets at an equal budget, and their scores.
 
-Every method ends as a training set `runs/<dataset>/trainsets/<method>-seed<s>.jsonl` and a result
-`runs/<dataset>/results/<method>-seed<s>.json`; the DVC stages and the notebook call the functions here.
+Every method ends, per budget n and seed, as a training set `runs/<dataset>/trainsets/<method>-n<n>-seed<s>.jsonl`
+and a result `runs/<dataset>/results/<method>-n<n>-seed<s>.json` (trainset_file, result_file); the DVC stages and
+the notebook call the functions here.
 
     zero_shot, few_shot            no fine-tuning (few_shot: n demonstrations per class in context)
     random_real, herding, kcenter  n real texts per class from the generation pool
@@ -13,7 +14,7 @@ Every method ends as a training set `runs/<dataset>/trainsets/<method>-seed<s>.j
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from gradmm.data import Example, Task, Template
@@ -64,7 +65,9 @@ def check_method(method: str, generators=GENERATORS) -> None:
 class ExperimentConfig:
     datasets: list[str] = field(default_factory=lambda: ["tweets", "rtpolarity"])
     seeds: list[int] = field(default_factory=lambda: [0])
-    n_per_class: int = 10  # the budget n (the filter keeps n per class; baselines select n per class)
+    # the budgets n (the filter keeps n per class; baselines select n per class): a list is the pipeline's grid,
+    # one stage call uses one n (at_budget)
+    n_per_class: list[int] | int = field(default_factory=lambda: [10])
     generators: list[str] = field(default_factory=lambda: ["gradmm"])  # GRADMM variants to generate
     baselines: list[str] = field(default_factory=lambda: ["zero_shot", "random_real", "llm_zero_shot_gen"])
     methods: list[str] = field(default_factory=lambda: ["zero_shot", "random_real", "llm_zero_shot_gen", "gradmm"])
@@ -79,10 +82,36 @@ def check_experiment(cfg: ExperimentConfig) -> None:
         raise ValueError(f"experiment.generators {unknown} unknown: use {sorted(GENERATORS)}")
     for m in list(cfg.baselines) + list(cfg.methods):
         check_method(m)
-    if cfg.n_per_class < 1:
-        raise ValueError(f"experiment.n_per_class must be ≥ 1, got {cfg.n_per_class}")
+    if not budgets(cfg) or min(budgets(cfg)) < 1:
+        raise ValueError(f"experiment.n_per_class must list budgets ≥ 1, got {cfg.n_per_class}")
     if cfg.coreset_features not in ("minilm", "lm"):
         raise ValueError(f"experiment.coreset_features {cfg.coreset_features!r}: use 'minilm' or 'lm'")
+
+
+def budgets(cfg: ExperimentConfig) -> list[int]:
+    """experiment.n_per_class as a list (a single number is a grid of one)."""
+    n = cfg.n_per_class
+    return [int(v) for v in n] if isinstance(n, (list, tuple)) else [int(n)]
+
+
+def at_budget(cfg: ExperimentConfig, n: int | None = None) -> ExperimentConfig:
+    """cfg for one stage call at budget n; None: the grid's only budget."""
+    grid = budgets(cfg)
+    if n is None:
+        if len(grid) > 1:
+            raise ValueError(f"experiment.n_per_class lists several budgets {grid}: pick one with --n-per-class")
+        n = grid[0]
+    if n < 1:
+        raise ValueError(f"the budget n per class must be ≥ 1, got {n}")
+    return replace(cfg, n_per_class=int(n))
+
+
+def trainset_file(runs_dir: str | Path, dataset: str, method: str, n: int, seed: int) -> Path:
+    return Path(runs_dir) / dataset / "trainsets" / f"{method}-n{n}-seed{seed}.jsonl"
+
+
+def result_file(runs_dir: str | Path, dataset: str, method: str, n: int, seed: int) -> Path:
+    return Path(runs_dir) / dataset / "results" / f"{method}-n{n}-seed{seed}.json"
 
 
 def variant_overrides(generator: str) -> list[str]:
@@ -95,7 +124,7 @@ def baseline_trainset(method: str, model, tokenizer, task: Task, cfg: Experiment
     """Rows (text, label, source) of a baseline's training set, and facts about how it was made."""
     from gradmm import baselines
 
-    n, C = cfg.n_per_class, task.n_classes
+    n, C = at_budget(cfg).n_per_class, task.n_classes
     info = {"method": method, "seed": seed}
     if method == "zero_shot":
         rows = []

@@ -1,6 +1,6 @@
 """Tables and figures of the classification experiment, read from the pipeline's result files.
 
-Every `finetune` stage writes `runs/<dataset>/results/<method>-seed<s>.json`; this module turns those into
+Every `finetune` stage writes `runs/<dataset>/results/<method>-n<n>-seed<s>.json`; this module turns those into
 `reports/tables/classification.{csv,md}` and `reports/figures/classification.png`, and a GRADMM run's
 `history.jsonl` into a health figure (is the matching term heard? do the tokens settle?). The notebook
 `notebooks/01_classification.ipynb` calls these functions; `produce_missing` lets it fill in results
@@ -11,6 +11,7 @@ the notebook's backend is, and nothing stays open between calls.
 """
 
 import json
+import re
 import math
 from pathlib import Path
 
@@ -55,7 +56,7 @@ def result_row(path: Path, dataset: str | None = None) -> dict:
     """One result JSON as a flat row (accuracy = the test accuracy of the LR picked on dev)."""
     path = Path(path)
     r = json.loads(path.read_text())
-    method = r.get("method") or path.stem.rsplit("-seed", 1)[0]
+    method = r.get("method") or re.sub(r"(-n\d+)?-seed\d+$", "", path.stem)
     row = {"dataset": r.get("dataset") or dataset or path.parent.parent.name, "model": r.get("model"),
            "method": method, "n_per_class": r.get("n_per_class"), "seed": r.get("seed"),
            "accuracy": r["test_accuracy"], "wall_seconds": r.get("wall_seconds"),
@@ -78,18 +79,20 @@ def collect_results(runs_dir: str | Path = "runs", datasets: list[str] | None = 
 
 
 def missing_results(runs_dir, datasets, methods, seeds, model: str | None = None,
-                    n_per_class: int | None = None) -> list[tuple[str, str, int]]:
-    """(dataset, method, seed) whose result file is absent or was made with another model or budget."""
+                    n_per_class: list[int] = (10,)) -> list[tuple[str, str, int, int]]:
+    """(dataset, method, n, seed) whose result file is absent or was made with another model or budget."""
+    from gradmm.experiment import result_file
+
     missing = []
     for d in datasets:
         for m in methods:
-            for s in seeds:
-                path = Path(runs_dir) / d / "results" / f"{m}-seed{s}.json"
-                r = json.loads(path.read_text()) if path.is_file() else None
-                stale = r is not None and ((model and r.get("model") != model)
-                                           or (n_per_class and r.get("n_per_class") != n_per_class))
-                if r is None or stale:
-                    missing.append((d, m, s))
+            for n in n_per_class:
+                for s in seeds:
+                    path = result_file(runs_dir, d, m, n, s)
+                    r = json.loads(path.read_text()) if path.is_file() else None
+                    stale = r is not None and ((model and r.get("model") != model) or r.get("n_per_class") != n)
+                    if r is None or stale:
+                        missing.append((d, m, n, s))
     return missing
 
 
@@ -102,7 +105,7 @@ def select(df: pd.DataFrame, datasets=None, methods=None, seeds=None, model=None
     if model is not None:
         keep &= df["model"] == model
     if n_per_class is not None:
-        keep &= df["n_per_class"] == n_per_class
+        keep &= df["n_per_class"].isin(list(n_per_class))
     return df[keep.fillna(False).astype(bool)].reset_index(drop=True)
 
 
@@ -311,22 +314,24 @@ def experiment_settings(params: dict, datasets=None, methods=None, seeds=None, m
     if unset:
         raise ValueError(f"{unset} are neither notebook parameters nor set in the params file "
                          "(experiment.datasets/methods/seeds/n_per_class, model.name)")
+    if not isinstance(out["n_per_class"], (list, tuple)):  # a single budget is a grid of one
+        out["n_per_class"] = [out["n_per_class"]]
     return out
 
 
 # ------------------------------------------------------------------------- results made in-process
-def produce_missing(missing: list[tuple[str, str, int]], runs_dir: str | Path, model: str, n_per_class: int,
+def produce_missing(missing: list[tuple[str, str, int, int]], runs_dir: str | Path, model: str,
                     params_file: str | Path = "params.yaml", progress: bool = True) -> list[Path]:
-    """Make the missing (dataset, method, seed) results in-process, as the DVC stages would, into the same files.
+    """Make the missing (dataset, method, n, seed) results in-process, as the DVC stages would, into the same files.
 
-    The settings come from params_file (the model name and the budget from the arguments); a dataset's
-    prepared task in runs_dir/<dataset>/data is used when present, else it is prepared there.
+    The settings come from params_file (the model name from the argument, each budget from its tuple); a
+    dataset's prepared task in runs_dir/<dataset>/data is used when present, else it is prepared there.
     """
     from gradmm.admm import GenerateConfig
     from gradmm.config import load_config
     from gradmm.data import DataConfig, load_task
-    from gradmm.experiment import (ExperimentConfig, baseline_trainset, evaluate_method, task_from_dir,
-                                   variant_overrides, write_task)
+    from gradmm.experiment import (ExperimentConfig, baseline_trainset, evaluate_method, result_file, task_from_dir,
+                                   trainset_file, variant_overrides, write_task)
     from gradmm.filtering import FilterConfig, filter_rows
     from gradmm.finetune import FinetuneConfig
     from gradmm.generate import DPConfig, generate
@@ -336,24 +341,24 @@ def produce_missing(missing: list[tuple[str, str, int]], runs_dir: str | Path, m
     if not missing:
         return []
     runs_dir, written = Path(runs_dir), []
-    base = [f"model.name={model}", f"experiment.n_per_class={n_per_class}", f"filter.n_per_class={n_per_class}"]
-    model_cfg = load_config(ModelConfig, "model", params_file, base)
-    exp = load_config(ExperimentConfig, "experiment", params_file, base)
-    finetune_cfg = load_config(FinetuneConfig, "finetune", params_file, base)
+    model_cfg = load_config(ModelConfig, "model", params_file, [f"model.name={model}"])
     lm, tok = load_model(model_cfg.name, model_cfg.device, model_cfg.dtype)
-    for dataset in dict.fromkeys(d for d, _, _ in missing):
+    for dataset in dict.fromkeys(d for d, _, _, _ in missing):
         data_dir = runs_dir / dataset / "data"
         if not (data_dir / "meta.json").is_file():  # the prepare stage
             write_task(load_task(load_config(DataConfig, "data", params_file, [f"data.dataset={dataset}"])), data_dir)
         task = task_from_dir(data_dir)
-        for _, method, seed in [m for m in missing if m[0] == dataset]:
-            train = runs_dir / dataset / "trainsets" / f"{method}-seed{seed}.jsonl"
+        for _, method, n, seed in [m for m in missing if m[0] == dataset]:
+            base = [f"model.name={model}", f"experiment.n_per_class={n}", f"filter.n_per_class={n}"]
+            exp = load_config(ExperimentConfig, "experiment", params_file, base)
+            finetune_cfg = load_config(FinetuneConfig, "finetune", params_file, base)
+            train = trainset_file(runs_dir, dataset, method, n, seed)
             generator = generator_of(method)
             if generator:  # the generate and filter stages
                 overrides = base + variant_overrides(generator) + [f"generate.seed={seed}"]
                 gen = load_config(GenerateConfig, "generate", params_file, overrides)
                 dp = load_config(DPConfig, "dp", params_file, overrides)
-                out = runs_dir / dataset / "generated" / f"{generator}-seed{seed}"
+                out = runs_dir / dataset / "generated" / f"{generator}-seed{seed}"  # shared by every budget
                 generate(task, model_cfg, gen, dp, out, progress=progress, archive_stale=True)
                 filter_cfg = load_config(FilterConfig, "filter", params_file, overrides)
                 if method.endswith("_no_filter"):
@@ -365,8 +370,8 @@ def produce_missing(missing: list[tuple[str, str, int]], runs_dir: str | Path, m
                 rows, _ = baseline_trainset(method, lm, tok, task, exp, seed, filter_cfg, progress=progress)
             write_jsonl(train, rows)
             result = evaluate_method(method, rows, lm, tok, task, finetune_cfg, seed, progress)  # the finetune stage
-            result.update(dataset=task.name, model=model_cfg.name, n_per_class=n_per_class, train_file=str(train))
-            path = runs_dir / dataset / "results" / f"{method}-seed{seed}.json"
+            result.update(dataset=task.name, model=model_cfg.name, n_per_class=n, train_file=str(train))
+            path = result_file(runs_dir, dataset, method, n, seed)
             write_json(path, result)
             written.append(path)
     return written

@@ -1,7 +1,7 @@
 import pytest
 
-from gradmm.experiment import (ExperimentConfig, all_methods, baseline_trainset, check_experiment, check_method,
-                               evaluate_method, task_from_dir, variant_overrides, write_task)
+from gradmm.experiment import (ExperimentConfig, all_methods, at_budget, baseline_trainset, budgets, check_experiment,
+                               check_method, evaluate_method, result_file, task_from_dir, variant_overrides, write_task)
 from gradmm.finetune import FinetuneConfig
 
 FT = FinetuneConfig(learning_rates=[1e-3], steps=2, batch_size=4)
@@ -15,6 +15,20 @@ def test_method_names():
     with pytest.raises(ValueError, match="generators"):
         check_experiment(ExperimentConfig(generators=["nope"]))
     assert variant_overrides("gradmm_dp") == ["dp.enabled=true"]
+
+
+def test_budgets_a_grid_and_one_per_stage_call(toy_task):
+    grid = ExperimentConfig(n_per_class=[2, 5])
+    assert budgets(grid) == [2, 5] and budgets(ExperimentConfig(n_per_class=3)) == [3]
+    assert at_budget(grid, 5).n_per_class == 5 and at_budget(ExperimentConfig(n_per_class=[4])).n_per_class == 4
+    with pytest.raises(ValueError, match=r"several budgets \[2, 5\]: pick one with --n-per-class"):
+        at_budget(grid)
+    with pytest.raises(ValueError, match=r"must list budgets ≥ 1, got \[2, 0\]"):
+        check_experiment(ExperimentConfig(n_per_class=[2, 0]))
+    with pytest.raises(ValueError, match="several budgets"):  # a baseline needs one n
+        baseline_trainset("random_real", None, None, toy_task, grid, seed=0)
+    assert len(baseline_trainset("random_real", None, None, toy_task, at_budget(grid, 2), seed=0)[0]) == 4
+    assert result_file("runs", "tweets", "gradmm", 5, 1).as_posix() == "runs/tweets/results/gradmm-n5-seed1.json"
 
 
 @pytest.mark.parametrize("method, size", [("zero_shot", 0), ("few_shot", 4), ("random_real", 4), ("full_real", 20)])

@@ -118,7 +118,7 @@ def test_classification_notebook_runs_with_tiny_parameters(tmp_path, monkeypatch
     assert "| gradmm |" in md.read_text() and "tiny-random, n = 2 per class" in md.read_text()
     assert (tmp_path / "reports" / "figures" / "classification.png").stat().st_size > 0
     assert (tmp_path / "reports" / "figures" / "generation" / "local-gradmm-seed0.png").stat().st_size > 0
-    assert (tmp_path / "runs" / "local" / "results" / "gradmm-seed0.json").is_file()
+    assert (tmp_path / "runs" / "local" / "results" / "gradmm-n2-seed0.json").is_file()
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # mlflow.set_tracking_uri also sets this variable: undo it after

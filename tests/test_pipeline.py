@@ -26,7 +26,7 @@ TINY_PARAMS = {
     "dp": {"enabled": False},
     "filter": {"n_per_class": 2, "label_filter": False},
     "finetune": {"learning_rates": [1.0e-3], "steps": 2, "batch_size": 2},
-    "experiment": {"datasets": ["local"], "seeds": [0], "n_per_class": 2, "generators": ["gradmm"],
+    "experiment": {"datasets": ["local"], "seeds": [0], "n_per_class": [2], "generators": ["gradmm"],
                    "baselines": ["zero_shot", "random_real"], "methods": ["zero_shot", "random_real", "gradmm"],
                    "llm_raw_per_class": 2, "llm_shots": 1, "coreset_features": "minilm"},
     "study": {"datasets": ["local"], "n_per_class": [2], "raw_per_class": 4, "generation_seeds": [0], "seeds": [0, 1],
@@ -59,7 +59,7 @@ def test_dvc_pipeline_runs_once_and_only_reruns_what_changed(tmp_path):
     _run(["dvc", "init", "-q"], tmp_path)
     _run(["dvc", "repro"], tmp_path)
     for method in ("zero_shot", "random_real", "gradmm"):
-        result = json.loads((tmp_path / "runs/local/results" / f"{method}-seed0.json").read_text())
+        result = json.loads((tmp_path / "runs/local/results" / f"{method}-n2-seed0.json").read_text())
         assert 0 <= result["test_accuracy"] <= 1 and result["method"] == method
     study = (tmp_path / "reports/tables/variants.csv").read_text()  # the variants study ran too
     assert study.count("gradmm_joint") == 2 and study.count("random_real") == 2 and study.count("gradmm_converge") == 2
@@ -76,5 +76,5 @@ def test_dvc_pipeline_runs_once_and_only_reruns_what_changed(tmp_path):
     changed = set(json.loads(status))
     assert "generate@local-gradmm-0" in changed  # filter and finetune follow once its output changes
     assert not any(s.startswith(("prepare", "baseline")) for s in changed)
-    assert "finetune@local-random_real-0" not in changed
+    assert "finetune@local-random_real-2-0" not in changed
     assert "study@local-gradmm_joint" in changed and "study@local-random_real" in changed  # both read `generate`

@@ -12,12 +12,12 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def write_result(runs, dataset, method, seed, acc, shares=(0.5, 0.5), n=5, model="tiny-random", **extra):
-    path = runs / dataset / "results" / f"{method}-seed{seed}.json"
+    path = runs / dataset / "results" / f"{method}-n{n}-seed{seed}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     result = {"test_accuracy": acc, "test_prediction_shares": list(shares), "method": method, "seed": seed,
               "dataset": dataset, "model": model, "n_per_class": n, "wall_seconds": 1.5,
               "n_train": 0 if method == "zero_shot" else 2 * n, "finetuned": method != "zero_shot",
-              "train_file": f"runs/{dataset}/trainsets/{method}-seed{seed}.jsonl", **extra}
+              "train_file": f"runs/{dataset}/trainsets/{method}-n{n}-seed{seed}.jsonl", **extra}
     if method != "zero_shot":
         result.update(dev_accuracy=acc - 0.05, best_lr=5e-5)
     path.write_text(json.dumps(result))
@@ -94,12 +94,18 @@ def test_method_order():
 
 
 def test_missing_results_and_select(runs):
-    missing = report.missing_results(runs, ["tweets"], ["gradmm", "herding"], [0, 3], "tiny-random", 5)
-    assert missing == [("tweets", "gradmm", 3), ("tweets", "herding", 0), ("tweets", "herding", 3)]
-    assert len(report.missing_results(runs, ["tweets"], ["gradmm"], [0], "smollm2-135m", 5)) == 1  # other model
-    assert len(report.missing_results(runs, ["tweets"], ["gradmm"], [0], "tiny-random", 20)) == 1  # other budget
-    df = report.select(report.collect_results(runs), ["tweets"], ["gradmm", "zero_shot"], [0, 1], "tiny-random", 5)
+    missing = report.missing_results(runs, ["tweets"], ["gradmm", "herding"], [0, 3], "tiny-random", [5])
+    assert missing == [("tweets", "gradmm", 5, 3), ("tweets", "herding", 5, 0), ("tweets", "herding", 5, 3)]
+    assert len(report.missing_results(runs, ["tweets"], ["gradmm"], [0], "smollm2-135m", [5])) == 1  # other model
+    assert report.missing_results(runs, ["tweets"], ["gradmm"], [0], "tiny-random", [5, 20]) == [("tweets", "gradmm", 20, 0)]
+    path = write_result(runs, "tweets", "gradmm", 0, 0.5, n=20)
+    path.write_text(json.dumps({**json.loads(path.read_text()), "n_per_class": 5}))  # made at another budget
+    assert report.missing_results(runs, ["tweets"], ["gradmm"], [0], "tiny-random", [20]) == [("tweets", "gradmm", 20, 0)]
+    write_result(runs, "tweets", "gradmm", 0, 0.9, n=20)
+    df = report.select(report.collect_results(runs), ["tweets"], ["gradmm", "zero_shot"], [0, 1], "tiny-random", [5])
     assert len(df) == 4 and set(df.method) == {"gradmm", "zero_shot"}
+    both = report.select(report.collect_results(runs), ["tweets"], ["gradmm"], [0], "tiny-random", [5, 20])
+    assert sorted(both.n_per_class) == [5, 20]
 
 
 def test_experiment_settings_fall_back_to_params():
@@ -107,7 +113,7 @@ def test_experiment_settings_fall_back_to_params():
               "model": {"name": "smollm2-135m"}}
     s = report.experiment_settings(params, datasets=["rtpolarity"])
     assert s == {"datasets": ["rtpolarity"], "methods": ["gradmm"], "seeds": [0, 1], "model": "smollm2-135m",
-                 "n_per_class": 5}
+                 "n_per_class": [5]}  # a single budget is a grid of one
     with pytest.raises(ValueError, match="seeds"):
         report.experiment_settings({}, ["a"], ["b"], None, "m", 1)
 
