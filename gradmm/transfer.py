@@ -237,13 +237,13 @@ def source_rows(study_dir, cfg: TransferConfig) -> pd.DataFrame:
 def by_target(summ: pd.DataFrame) -> list[str]:
     """One markdown table per dataset: methods down, targets across (test mean ± std), so a method's rank
     can be followed from one model to the next."""
-    from gradmm.report import format_accuracy
+    from gradmm.report import format_accuracy, ordered_methods
 
     lines = []
     for d, part in summ.groupby("dataset", sort=True):
         targets = list(dict.fromkeys(part.target))
         lines += [f"### {d}", "", "| method | " + " | ".join(targets) + " |", "|---|" + "---|" * len(targets)]
-        for m in dict.fromkeys(part.method):
+        for m in ordered_methods(part.method.unique()):
             cells = {r.target: format_accuracy(r.mean, r.std) for r in part[part.method == m].itertuples()}
             lines.append(f"| {m} | " + " | ".join(cells.get(t, "") for t in targets) + " |")
         lines.append("")
