@@ -203,16 +203,18 @@ def run_cell(task, target: str, method: str, cfg: TransferConfig, study_dir: Pat
     return results
 
 
+def _row(r: dict) -> dict:
+    """A result JSON as one row of transfer.csv."""
+    shares = r.get("test_prediction_shares") or [float("nan")]
+    return ({k: r.get(k) for k in ("dataset", "source", "target", "method", "n_per_class", "seed", "dev_accuracy",
+                                   "n_train", "wall_seconds")}
+            | {"accuracy": r["test_accuracy"], "majority_share": max(shares)})
+
+
 def collect(transfer_dir) -> pd.DataFrame:
     """Every result under <transfer_dir>/<dataset>/<target>/<method>/ as one row."""
-    rows = []
-    for f in sorted(Path(transfer_dir).glob("*/*/*/result-s*.json")):
-        r = json.loads(f.read_text())
-        shares = r.get("test_prediction_shares") or [float("nan")]
-        rows.append({k: r.get(k) for k in ("dataset", "source", "target", "method", "n_per_class", "seed",
-                                            "dev_accuracy", "n_train", "wall_seconds")}
-                    | {"accuracy": r["test_accuracy"], "majority_share": max(shares)})
-    return pd.DataFrame(rows)
+    return pd.DataFrame([_row(json.loads(f.read_text()))
+                         for f in sorted(Path(transfer_dir).glob("*/*/*/result-s*.json"))])
 
 
 def source_rows(study_dir, cfg: TransferConfig) -> pd.DataFrame:
@@ -226,11 +228,8 @@ def source_rows(study_dir, cfg: TransferConfig) -> pd.DataFrame:
                 if not f.is_file():
                     continue
                 r = json.loads(f.read_text())
-                shares = r.get("test_prediction_shares") or [float("nan")]
-                rows.append({"dataset": d, "source": "study", "target": r["model"], "method": m,
-                             "n_per_class": cfg.n_per_class, "seed": s, "dev_accuracy": r.get("dev_accuracy"),
-                             "n_train": r.get("n_train"), "wall_seconds": r.get("wall_seconds"),
-                             "accuracy": r["test_accuracy"], "majority_share": max(shares)})
+                rows.append(_row({**r, "dataset": d, "source": "study", "target": r["model"], "method": m,
+                                  "n_per_class": cfg.n_per_class, "seed": s}))
     return pd.DataFrame(rows)
 
 
