@@ -82,8 +82,7 @@ def check_experiment(cfg: ExperimentConfig) -> None:
         raise ValueError(f"experiment.generators {unknown} unknown: use {sorted(GENERATORS)}")
     for m in list(cfg.baselines) + list(cfg.methods):
         check_method(m)
-    grid = budgets(cfg)
-    if not grid or min(grid) < 1:
+    if not budgets(cfg) or min(budgets(cfg)) < 1:
         raise ValueError(f"experiment.n_per_class must list budgets ≥ 1, got {cfg.n_per_class}")
     if cfg.coreset_features not in ("minilm", "lm"):
         raise ValueError(f"experiment.coreset_features {cfg.coreset_features!r}: use 'minilm' or 'lm'")

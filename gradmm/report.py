@@ -11,8 +11,8 @@ the notebook's backend is, and nothing stays open between calls.
 """
 
 import json
-import math
 import re
+import math
 from pathlib import Path
 
 import pandas as pd
