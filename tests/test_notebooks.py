@@ -105,11 +105,13 @@ def test_classification_notebook_runs_with_tiny_parameters(tmp_path, monkeypatch
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     tiny_project(tmp_path)
+    (tmp_path / "times.tsv").write_text("# machine: test box\n0\t1500\tfinetune@local-gradmm-2-0\n")
     out = tmp_path / "executed.ipynb"
     pm.execute_notebook(ROOT / "notebooks" / "01_classification.ipynb", out, cwd=str(tmp_path), kernel_name="python3",
                         progress_bar=False,
                         parameters={"datasets": ["local"], "methods": ["zero_shot", "random_real", "gradmm"],
-                                    "run_missing": True, "log_mlflow": True, "progress": False})
+                                    "run_missing": True, "log_mlflow": True, "progress": False,
+                                    "stage_times": "times.tsv"})
 
     csv = tmp_path / "reports" / "tables" / "classification.csv"
     md = tmp_path / "reports" / "tables" / "classification.md"
@@ -119,6 +121,7 @@ def test_classification_notebook_runs_with_tiny_parameters(tmp_path, monkeypatch
     assert (tmp_path / "reports" / "figures" / "classification.png").stat().st_size > 0
     assert (tmp_path / "reports" / "figures" / "generation" / "local-gradmm-seed0.png").stat().st_size > 0
     assert (tmp_path / "runs" / "local" / "results" / "gradmm-n2-seed0.json").is_file()
+    assert "| finetune | local | test box | 1 | 0 | 2 | 2 | 0.00 |" in (tmp_path / "reports" / "tables" / "stage_runtimes.md").read_text()
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # mlflow.set_tracking_uri also sets this variable: undo it after

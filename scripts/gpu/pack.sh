@@ -30,5 +30,5 @@ cp -r runs/rtpolarity/data .gpu2/paper-task  # the CPU variants study's task: sa
 cp params.yaml .gpu2/params-paper.yaml && .venv/bin/gradmm profile paper-smollm2 --params .gpu2/params-paper.yaml
 cp "$FULL/params.yaml" .gpu2/full/
 (cd "$FULL" && tar c runs) | (cd .gpu2/full && tar x)
-$PY scripts/gpu/full_makefile.py "$FULL" .gpu2/full/Makefile --skip-existing
+$PY scripts/full_makefile.py "$FULL/params.yaml" .gpu2/full  # stages whose outputs were copied are left out
 du -sh .gpu .gpu2

@@ -1,0 +1,63 @@
+"""Write RUN_DIR/Makefile: the classification stages of dvc.yaml under a given params file (e.g. the full
+profile), for running them outside DVC: `make -k -j N` runs the stages' own commands in dependency order, N
+at a time, appends each command's exit code, wall time (ms) and stage name to times.tsv (read by
+gradmm.runtimes) and its output to logs/<stage>.log. Stages whose outputs already exist in RUN_DIR are left
+out, so a second call resumes (a generation's checkpoints resume inside it). A directory output stands for a
+marker file its stage writes last (a generation's raw.jsonl, a prepared task's meta.json).
+
+    python scripts/full_makefile.py PARAMS RUN_DIR
+"""
+
+import argparse
+import contextlib
+import io
+import shutil
+import tempfile
+from pathlib import Path
+
+from dvc.repo import Repo
+
+STAGES = ("prepare", "generate", "filter", "baseline", "finetune")
+DIR_MARKERS = {"prepare": "meta.json", "generate": "raw.jsonl"}
+PROJECT = Path(__file__).resolve().parent.parent
+
+
+def stage_rules(params: Path) -> list[tuple]:
+    """(stage name, command, output paths, dependency paths) of the STAGES in dvc.yaml under `params`."""
+    with tempfile.TemporaryDirectory() as tmp:  # DVC reads dvc.yaml + params.yaml of one folder
+        shutil.copy(PROJECT / "dvc.yaml", tmp)
+        shutil.copy(params, Path(tmp) / "params.yaml")
+        with contextlib.redirect_stdout(io.StringIO()):  # "Initialized DVC repository." is not news here
+            Repo.init(tmp, no_scm=True)
+        root = Path(tmp).resolve()
+        rel = lambda p: str(Path(p).resolve().relative_to(root))  # noqa: E731
+        return [(st.name, st.cmd, [rel(o.fs_path) for o in st.outs], [rel(d.fs_path) for d in st.deps])
+                for st in Repo(tmp).index.stages if st.name.split("@")[0] in STAGES]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("params", type=Path)
+    ap.add_argument("run_dir", type=Path)
+    args = ap.parse_args()
+    produced, rules = {}, []
+    for name, cmd, outs, deps in stage_rules(args.params):
+        marker = DIR_MARKERS.get(name.split("@")[0])
+        targets = [f"{o}/{marker}" if marker else o for o in outs]
+        if all((args.run_dir / t).exists() for t in targets):
+            continue
+        produced.update({o: targets[0] for o in outs})
+        rules.append((name, cmd, targets, deps))
+    lines = [".PHONY: all", "all: " + " ".join(targets[0] for _, _, targets, _ in rules), ""]
+    for name, cmd, targets, deps in rules:
+        needs = sorted({produced[d] for d in deps if d in produced})
+        lines += [f"{targets[0]}: {' '.join(needs)}",
+                  f"\t@mkdir -p logs; s=$$(date +%s%N); {cmd} > logs/{name}.log 2>&1; rc=$$?; "
+                  f"echo \"$$rc\t$$(( ($$(date +%s%N) - s) / 1000000 ))\t{name}\" >> times.tsv; exit $$rc", ""]
+    args.run_dir.mkdir(parents=True, exist_ok=True)
+    (args.run_dir / "Makefile").write_text("\n".join(lines))
+    print(f"{len(rules)} stages to run -> {args.run_dir / 'Makefile'}")
+
+
+if __name__ == "__main__":
+    main()
