@@ -282,6 +282,15 @@ def cmd_study_report(args) -> None:
     print(f"{len(df)} runs -> {args.reports}/tables/variants.csv, {args.reports}/figures/variants.png")
 
 
+def cmd_runtimes(args) -> None:
+    from gradmm.runtimes import read_stage_times, runtime_summary
+
+    times = Path(args.times)
+    if not times.is_file():
+        raise SystemExit(f"no stage times at {times}: scripts/full_profile.sh writes <run dir>/times.tsv")
+    print(runtime_summary(read_stage_times(times)).to_string(index=False, float_format=lambda x: f"{x:.2f}"))
+
+
 def cmd_profile(args) -> None:
     from gradmm.config import apply_profile
     from gradmm.paths import PROJECT_ROOT
@@ -398,6 +407,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--params", default="params.yaml", help="params logged with each MLflow run")
     p.add_argument("--no-mlflow", action="store_true", help="write the tables and figure only")
     p.set_defaults(func=cmd_study_report)
+
+    p = sub.add_parser("runtimes", help="stage runtimes of a full-profile run (its times.tsv), per stage and dataset")
+    p.add_argument("times", nargs="?", default="studies/full-profile/times.tsv")
+    p.set_defaults(func=cmd_runtimes)
 
     p = sub.add_parser("profile", help="switch params.yaml to a profile (full, paper); quick is the committed one")
     p.add_argument("name", help="a file name in profiles/ without .yaml: full | paper")

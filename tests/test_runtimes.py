@@ -78,3 +78,15 @@ def test_the_makefile_runs_the_dvc_stages_in_order_and_leaves_out_what_exists(tm
     assert "runs/tweets/data/meta.json" not in rules and "runs/tweets/generated/gradmm-seed0/raw.jsonl" not in rules
     assert rules["runs/tweets/trainsets/gradmm-n5-seed0.jsonl"] == []
     assert len(rules) == 4
+
+
+def test_the_runtimes_command_prints_the_summary_and_names_a_missing_file(tmp_path, capsys):
+    from gradmm.cli import main
+
+    path = tmp_path / "times.tsv"
+    path.write_text("# machine: CPU\n0\t120000\tfinetune@tweets-gradmm-5-0\n")
+    main(["runtimes", str(path)])
+    out = capsys.readouterr().out
+    assert "finetune" in out and "120.00" in out and "CPU" in out
+    with pytest.raises(SystemExit, match="no stage times at .*nothing.tsv"):
+        main(["runtimes", str(tmp_path / "nothing.tsv")])
