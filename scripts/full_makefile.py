@@ -9,8 +9,6 @@ marker file its stage writes last (a generation's raw.jsonl, a prepared task's m
 """
 
 import argparse
-import contextlib
-import io
 import shutil
 import tempfile
 from pathlib import Path
@@ -27,12 +25,27 @@ def stage_rules(params: Path) -> list[tuple]:
     with tempfile.TemporaryDirectory() as tmp:  # DVC reads dvc.yaml + params.yaml of one folder
         shutil.copy(PROJECT / "dvc.yaml", tmp)
         shutil.copy(params, Path(tmp) / "params.yaml")
-        with contextlib.redirect_stdout(io.StringIO()):  # "Initialized DVC repository." is not news here
-            Repo.init(tmp, no_scm=True)
+        Repo.init(tmp, no_scm=True)
         root = Path(tmp).resolve()
         rel = lambda p: str(Path(p).resolve().relative_to(root))  # noqa: E731
         return [(st.name, st.cmd, [rel(o.fs_path) for o in st.outs], [rel(d.fs_path) for d in st.deps])
                 for st in Repo(tmp).index.stages if st.name.split("@")[0] in STAGES]
+
+
+def goal_order(rules: list[tuple]) -> list[str]:
+    """The results first, dataset by dataset, then seed by seed (make builds each goal's prerequisites before
+    the next goal): a stopped run leaves whole seeds of a dataset's table, not a bit of everything."""
+    datasets = list(dict.fromkeys(name.split("@")[1].split("-")[0] for name, *_ in rules))
+
+    def key(rule):
+        name = rule[0]
+        kind, rest = name.split("@")
+        if kind != "finetune":
+            return (1, 0, 0, 0)
+        _, n, seed = rest.rsplit("-", 2)
+        return (0, datasets.index(rest.split("-")[0]), int(seed), -int(n))
+
+    return [targets[0] for _, _, targets, _ in sorted(rules, key=key)]
 
 
 def main() -> None:
@@ -48,7 +61,7 @@ def main() -> None:
             continue
         produced.update({o: targets[0] for o in outs})
         rules.append((name, cmd, targets, deps))
-    lines = [".PHONY: all", "all: " + " ".join(targets[0] for _, _, targets, _ in rules), ""]
+    lines = [".PHONY: all", "all: " + " ".join(goal_order(rules)), ""]
     for name, cmd, targets, deps in rules:
         needs = sorted({produced[d] for d in deps if d in produced})
         lines += [f"{targets[0]}: {' '.join(needs)}",

@@ -68,6 +68,8 @@ def test_the_makefile_runs_the_dvc_stages_in_order_and_leaves_out_what_exists(tm
                                                                        "runs/tweets/trainsets/gradmm-n5-seed0.jsonl"}
     assert "gradmm finetune --task runs/tweets/data --method gradmm --n-per-class 5 --seed 0" in text
     assert len(rules) == 6  # prepare, generate, filter, baseline, 2 finetunes
+    goals = next(line for line in text.splitlines() if line.startswith("all:")).split()[1:]
+    assert all("/results/" in g for g in goals[:2])  # results first: make builds a result's inputs before the next
 
     for done in ("runs/tweets/data/meta.json", "runs/tweets/generated/gradmm-seed0/raw.jsonl"):
         (run_dir / done).parent.mkdir(parents=True, exist_ok=True)
