@@ -13,6 +13,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import yaml
 from dvc.repo import Repo
 
 STAGES = ("prepare", "generate", "filter", "baseline", "finetune")
@@ -32,10 +33,9 @@ def stage_rules(params: Path) -> list[tuple]:
                 for st in Repo(tmp).index.stages if st.name.split("@")[0] in STAGES]
 
 
-def goal_order(rules: list[tuple]) -> list[str]:
-    """The results first, dataset by dataset, then seed by seed (make builds each goal's prerequisites before
-    the next goal): a stopped run leaves whole seeds of a dataset's table, not a bit of everything."""
-    datasets = list(dict.fromkeys(name.split("@")[1].split("-")[0] for name, *_ in rules))
+def goal_order(rules: list[tuple], datasets: list[str]) -> list[str]:
+    """The results first, dataset by dataset (experiment.datasets' order), then seed by seed (make builds each
+    goal's prerequisites before the next goal): a stopped run leaves whole seeds of a table, not a bit of everything."""
 
     def key(rule):
         name = rule[0]
@@ -53,6 +53,7 @@ def main() -> None:
     ap.add_argument("params", type=Path)
     ap.add_argument("run_dir", type=Path)
     args = ap.parse_args()
+    datasets = yaml.safe_load(args.params.read_text())["experiment"]["datasets"]
     produced, rules = {}, []
     for name, cmd, outs, deps in stage_rules(args.params):
         marker = DIR_MARKERS.get(name.split("@")[0])
@@ -61,7 +62,7 @@ def main() -> None:
             continue
         produced.update({o: targets[0] for o in outs})
         rules.append((name, cmd, targets, deps))
-    lines = [".PHONY: all", "all: " + " ".join(goal_order(rules)), ""]
+    lines = [".PHONY: all", "all: " + " ".join(goal_order(rules, datasets)), ""]
     for name, cmd, targets, deps in rules:
         needs = sorted({produced[d] for d in deps if d in produced})
         lines += [f"{targets[0]}: {' '.join(needs)}",
