@@ -226,7 +226,9 @@ def run_batch(problem: Problem, batch_size: int, seed: int, checkpoint: Path | N
     """
     cfg, dev = problem.cfg, problem.emb.device
     if checkpoint is not None and checkpoint.exists():
-        state = torch.load(checkpoint, weights_only=False)
+        # map_location: a batch checkpointed on a GPU resumes on a CPU (the full profile moves between them);
+        # the tensors go to `dev` below and Adam's state follows its parameter's device.
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
         X = state["X"].to(dev).requires_grad_(True)
         opt = torch.optim.Adam([X], lr=cfg.lr)
         opt.load_state_dict(state["opt"])

@@ -178,7 +178,7 @@ def generate(task: Task | DataConfig, model_cfg: ModelConfig, gen: GenerateConfi
         # Other processes started with the same command take the batches this one has not (worksharing).
         shared_loop(range(n_batches), lambda b: out / "batches" / ".locks" / batch_file(b).name, lambda b: batch_file(b).exists(),
                     run_one)
-        results = [torch.load(batch_file(b), weights_only=False) for b in range(n_batches)]
+        results = [torch.load(batch_file(b), map_location="cpu", weights_only=False) for b in range(n_batches)]
         for b, result in enumerate(results):
             for i, ids in enumerate(result["ids"]):
                 text = tok.decode(ids[layout.free].tolist(), skip_special_tokens=True).strip()
