@@ -165,7 +165,7 @@ def markdown_summary(df: pd.DataFrame, title: str = "Classification: test accura
         parts += ["", f"### {model}, n = {n} per class", "", _markdown(["method"] + datasets, rows)]
     details = [[r.dataset, r.model, r.n_per_class, r.method, r.n_seeds,
                 format_accuracy(r.accuracy_mean, r.accuracy_std), _num(100 * r.dev_accuracy_mean, ".1f"),
-                _num(r.majority_share, ".2f"), _num(r.n_train_mean, "g"), _num(r.wall_seconds_mean, ".0f")]
+                _num(r.majority_share, ".2f"), _num(r.n_train_mean, ".3g"), _num(r.wall_seconds_mean, ".0f")]  # n_train: a mean, 27.3
                for r in summary.itertuples()]
     header = ["dataset", "model", "n", "method", "seeds", "test acc. (%)", "dev acc. (%)", "majority share",
               "train texts", "wall s"]

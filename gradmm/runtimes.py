@@ -59,9 +59,12 @@ def write_runtime_tables(df: pd.DataFrame, path_csv: str | Path, path_md: str | 
     summary = runtime_summary(df)
     lines = ["## Stage runtimes", "", *([note, ""] if note else []),
              "| stage | dataset | machine | finished | failed | median s | max s | total h |", "|---|---|---|---|---|---|---|---|"]
+    def num(value, fmt):  # a stage kind with no finished call (only failures) has no times
+        return "–" if pd.isna(value) else format(value, fmt)
+
     for r in summary.itertuples():
         lines.append(f"| {r.kind} | {r.dataset} | {r.machine} | {r.finished} | {r.failed} | "
-                     f"{r.median_seconds:.0f} | {r.max_seconds:.0f} | {r.total_hours:.2f} |")
+                     f"{num(r.median_seconds, '.0f')} | {num(r.max_seconds, '.0f')} | {num(r.total_hours, '.2f')} |")
     md = "\n".join(lines) + "\n"
     Path(path_md).write_text(md)
     return md

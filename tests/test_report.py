@@ -84,6 +84,11 @@ def test_markdown_summary(runs):
              for m in ("zero_shot", "random_real", "gradmm", "full_real")]
     assert order == sorted(order)
     assert "No results yet" in report.markdown_summary(report.collect_results(runs, ["absent"]))
+    for seed, n_train in enumerate([22, 30, 30]):  # filtered sets differ in size from seed to seed
+        write_result(runs, "tweets", "llm_zero_shot_gen", seed, 0.7, n_train=n_train)
+    row = next(line for line in report.markdown_summary(report.collect_results(runs)).splitlines()
+               if line.startswith("| tweets | tiny-random | 5 | llm_zero_shot_gen |"))
+    assert row.split(" | ")[8] == "27.3"  # the mean size, rounded
 
 
 def test_method_order():
