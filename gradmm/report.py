@@ -142,7 +142,8 @@ def format_accuracy(mean: float, std: float) -> str:
     return f"{100 * mean:.1f} ± " + ("–" if pd.isna(std) else f"{100 * std:.1f}")
 
 
-def _num(value, fmt: str) -> str:
+def format_number(value, fmt: str) -> str:
+    """A table cell: the number in `fmt`, or – when there is none (NaN)."""
     return "–" if pd.isna(value) else format(value, fmt)
 
 
@@ -164,8 +165,9 @@ def markdown_summary(df: pd.DataFrame, title: str = "Classification: test accura
         rows = [[m] + [cells.get((d, m), "") for d in datasets] for m in ordered_methods(block["method"])]
         parts += ["", f"### {model}, n = {n} per class", "", _markdown(["method"] + datasets, rows)]
     details = [[r.dataset, r.model, r.n_per_class, r.method, r.n_seeds,
-                format_accuracy(r.accuracy_mean, r.accuracy_std), _num(100 * r.dev_accuracy_mean, ".1f"),
-                _num(r.majority_share, ".2f"), _num(r.n_train_mean, ".3g"), _num(r.wall_seconds_mean, ".0f")]  # n_train: a mean, 27.3
+                format_accuracy(r.accuracy_mean, r.accuracy_std), format_number(100 * r.dev_accuracy_mean, ".1f"),
+                format_number(r.majority_share, ".2f"), format_number(r.n_train_mean, ".3g"),  # a mean: 27.3
+                format_number(r.wall_seconds_mean, ".0f")]
                for r in summary.itertuples()]
     header = ["dataset", "model", "n", "method", "seeds", "test acc. (%)", "dev acc. (%)", "majority share",
               "train texts", "wall s"]

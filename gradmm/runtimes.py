@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from gradmm.report import format_number as num  # a kind with only failed stages has no times: –
+
 STAGE_ORDER = ["prepare", "generate", "filter", "baseline", "finetune"]
 STAGE_NAME = re.compile(r"^(?P<kind>[a-z_]+)@(?P<dataset>[a-z0-9_]+)(?:-(?P<rest>.+))?$")
 COLUMNS = ["machine", "kind", "dataset", "stage", "seconds", "exit_code"]
@@ -59,9 +61,6 @@ def write_runtime_tables(df: pd.DataFrame, path_csv: str | Path, path_md: str | 
     summary = runtime_summary(df)
     lines = ["## Stage runtimes", "", *([note, ""] if note else []),
              "| stage | dataset | machine | finished | failed | median s | max s | total h |", "|---|---|---|---|---|---|---|---|"]
-    def num(value, fmt):  # a stage kind with no finished call (only failures) has no times
-        return "–" if pd.isna(value) else format(value, fmt)
-
     for r in summary.itertuples():
         lines.append(f"| {r.kind} | {r.dataset} | {r.machine} | {r.finished} | {r.failed} | "
                      f"{num(r.median_seconds, '.0f')} | {num(r.max_seconds, '.0f')} | {num(r.total_hours, '.2f')} |")
