@@ -290,6 +290,100 @@ def health_figure_path(figures_dir: str | Path, dataset: str, run_name: str) -> 
     return Path(figures_dir) / "generation" / f"{dataset}-{run_name}.png"
 
 
+GENERATED_BASELINES = ("llm_zero_shot_gen", "llm_few_shot_gen")  # LM-written texts, through the same label filter
+SUMMARY_COLUMNS = ["dataset", "generator", "seed", "class", "n_batches", "f_X_end", "f_Z", "f_Z_min", "f_Z_max",
+                   "changed_at_end", "log_perplexity", "raw", "label_consistent"]
+
+
+def _first_filter_stats(trainsets: Path, method: str, seed: int) -> dict | None:
+    """The filter counts of a generator's raw texts: the same raw set feeds every n, so any n's file will do."""
+    for path in sorted(trainsets.glob(f"{method}-n*-seed{seed}_filter.json")):
+        return json.loads(path.read_text())
+    for path in sorted(trainsets.glob(f"{method}-n*-seed{seed}.info.json")):
+        info = json.loads(path.read_text())
+        if "filter" in info:
+            return info["filter"]
+    return None
+
+
+def generation_summary(runs_dir: str | Path, datasets: list[str]) -> pd.DataFrame:
+    """Per (dataset, generator, seed, class): how well the texts match, how settled they are, how many keep their label.
+
+    From the small committed records (no history.jsonl needed): a GRADMM run's generate_metrics.json (per batch:
+    f(X) at the last step, f(Z) of the projected tokens, the share of tokens the last Z-step changed) and the
+    filter counts of its raw texts; the LM-generation baselines have filter counts only.
+    """
+    rows = []
+    for dataset in datasets:
+        root = Path(runs_dir) / dataset
+        names: list[str] = []  # the class names, from a GRADMM record (the baselines' records hold indices only)
+        for metrics_path in sorted((root / "generated").glob("*-seed*/generate_metrics.json")):
+            generator, seed = metrics_path.parent.name.rsplit("-seed", 1)
+            metrics = json.loads(metrics_path.read_text())
+            stats = _first_filter_stats(root / "trainsets", generator, int(seed))
+            names = [cls["class"] for cls in metrics["classes"]]
+            for c, cls in enumerate(metrics["classes"]):
+                f_z = pd.Series(cls["f_Z"], dtype=float)
+                rows.append({"dataset": dataset, "generator": generator, "seed": int(seed), "class": cls["class"],
+                             "n_batches": len(f_z),
+                             "f_X_end": pd.Series(cls.get("f_X_final") or [], dtype=float).mean(),
+                             "f_Z": f_z.mean(), "f_Z_min": f_z.min(), "f_Z_max": f_z.max(),
+                             "changed_at_end": pd.Series(cls.get("last_changed_fraction") or [], dtype=float).mean(),
+                             "log_perplexity": cls["mean_log_perplexity"],
+                             "raw": stats["raw"][c] if stats else math.nan,
+                             "label_consistent": stats["label_consistent"][c] if stats else math.nan})
+        for method in GENERATED_BASELINES:
+            seeds = sorted({int(m.group(1)) for p in (root / "trainsets").glob(f"{method}-n*-seed*.info.json")
+                            if (m := re.search(r"-seed(\d+)\.info\.json$", p.name))})
+            for seed in seeds:
+                stats = _first_filter_stats(root / "trainsets", method, seed)
+                for c, (raw, consistent) in enumerate(zip(stats["raw"], stats["label_consistent"]) if stats else []):
+                    name = names[c] if c < len(names) else str(c)
+                    rows.append({"dataset": dataset, "generator": method, "seed": seed, "class": name, "n_batches": 0,
+                                 "raw": raw, "label_consistent": consistent})
+    return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+
+
+def _span(values: pd.Series, fmt: str) -> str:
+    """min–max of a column (one value: that value; none: –)."""
+    values = values.dropna()
+    if values.empty:
+        return "–"
+    lo, hi = format(values.min(), fmt), format(values.max(), fmt)
+    return lo if lo == hi else f"{lo}–{hi}"
+
+
+def generation_summary_markdown(df: pd.DataFrame, title: str = "Generation summary") -> str:
+    """One row per (dataset, generator): ranges over its seeds and classes (f's: the per-seed batch means)."""
+    parts = [f"## {title}", "",
+             "f(X) end: the match loss (1 − cos, in [0, 2], to the class's real gradient) of the continuous batch "
+             "at the last step; f(Z): the same for the projected tokens; changed at end: the share of tokens the "
+             "last Z-step changed (near 1: not settled); label-consistent: raw texts the model itself assigns their "
+             "class, per class in the classes' order. Ranges: min–max over seeds and classes, each a mean over "
+             "batches."]
+    if df.empty:
+        return "\n".join(parts + ["", "No generation records."]) + "\n"
+    rows = []
+    for (dataset, generator), block in df.groupby(["dataset", "generator"], sort=False):
+        per_class = [f"{_span(b['label_consistent'], '.0f')} of {_span(b['raw'], '.0f')}"
+                     for _, b in block.groupby("class", sort=False)]
+        rows.append([dataset, generator, block["seed"].nunique(), _span(block["f_X_end"], ".3f"),
+                     _span(block["f_Z"], ".3f"), _span(block["changed_at_end"], ".2f"),
+                     _span(block["log_perplexity"], ".2f"), " / ".join(per_class)])
+    order = {m: i for i, m in enumerate(ordered_methods([r[1] for r in rows]))}
+    rows.sort(key=lambda r: (r[0], order[r[1]]))
+    header = ["dataset", "generator", "seeds", "f(X) end", "f(Z)", "changed at end", "log-ppl", "label-consistent"]
+    return "\n".join(parts + ["", _markdown(header, rows)]) + "\n"
+
+
+def write_generation_summary(df: pd.DataFrame, path_csv: str | Path, path_md: str | Path, **kw) -> str:
+    Path(path_csv).parent.mkdir(parents=True, exist_ok=True)
+    df.round(4).to_csv(path_csv, index=False, lineterminator="\n")
+    text = generation_summary_markdown(df, **kw)
+    Path(path_md).write_text(text)
+    return text
+
+
 # ------------------------------------------------------------------------------- notebook settings
 def project_root(start: str | Path | None = None) -> Path:
     """The folder holding params.yaml: the start folder (default: the current one) or one above it.

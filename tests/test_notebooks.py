@@ -120,6 +120,8 @@ def test_classification_notebook_runs_with_tiny_parameters(tmp_path, monkeypatch
     assert "| gradmm |" in md.read_text() and "tiny-random, n = 2 per class" in md.read_text()
     assert (tmp_path / "reports" / "figures" / "classification.png").stat().st_size > 0
     assert (tmp_path / "reports" / "figures" / "generation" / "local-gradmm-seed0.png").stat().st_size > 0
+    summary = (tmp_path / "reports" / "tables" / "generation_summary.md").read_text()
+    assert "| local | gradmm | 1 |" in summary  # from the run's own generate_metrics.json and filter counts
     assert (tmp_path / "runs" / "local" / "results" / "gradmm-n2-seed0.json").is_file()
     assert "| finetune | local | test box | 1 | 0 | 2 | 2 | 0.00 |" in (tmp_path / "reports" / "tables" / "stage_runtimes.md").read_text()
 
