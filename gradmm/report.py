@@ -292,7 +292,7 @@ def health_figure_path(figures_dir: str | Path, dataset: str, run_name: str) -> 
 
 GENERATED_BASELINES = ("llm_zero_shot_gen", "llm_few_shot_gen")  # LM-written texts, through the same label filter
 SUMMARY_COLUMNS = ["dataset", "generator", "seed", "class", "n_batches", "f_X_end", "f_Z", "f_Z_min", "f_Z_max",
-                   "changed_at_end", "log_perplexity", "raw", "label_consistent"]
+                   "changed_at_end", "log_perplexity", "target_snr", "raw", "label_consistent"]
 
 
 def _first_filter_stats(trainsets: Path, method: str, seed: int) -> dict | None:
@@ -330,6 +330,7 @@ def generation_summary(runs_dir: str | Path, datasets: list[str]) -> pd.DataFram
                              "f_Z": f_z.mean(), "f_Z_min": f_z.min(), "f_Z_max": f_z.max(),
                              "changed_at_end": pd.Series(cls.get("last_changed_fraction") or [], dtype=float).mean(),
                              "log_perplexity": cls["mean_log_perplexity"],
+                             "target_snr": math.nan if cls.get("snr") is None else cls["snr"],  # DP runs only
                              "raw": stats["raw"][c] if stats else math.nan,
                              "label_consistent": stats["label_consistent"][c] if stats else math.nan})
         for method in GENERATED_BASELINES:
@@ -358,7 +359,8 @@ def generation_summary_markdown(df: pd.DataFrame, title: str = "Generation summa
     parts = [f"## {title}", "",
              "f(X) end: the match loss (1 − cos, in [0, 2], to the class's real gradient) of the continuous batch "
              "at the last step; f(Z): the same for the projected tokens; changed at end: the share of tokens the "
-             "last Z-step changed (near 1: not settled); label-consistent: raw texts the model itself assigns their "
+             "last Z-step changed (near 1: not settled); target SNR: with DP, ‖clean clipped target‖ / ‖noise‖ "
+             "(the f's are then to the noised target); label-consistent: raw texts the model itself assigns their "
              "class, per class in the classes' order. Ranges: min–max over seeds and classes, each a mean over "
              "batches."]
     if df.empty:
@@ -369,10 +371,11 @@ def generation_summary_markdown(df: pd.DataFrame, title: str = "Generation summa
                      for _, b in block.groupby("class", sort=False)]
         rows.append([dataset, generator, block["seed"].nunique(), _span(block["f_X_end"], ".3f"),
                      _span(block["f_Z"], ".3f"), _span(block["changed_at_end"], ".2f"),
-                     _span(block["log_perplexity"], ".2f"), " / ".join(per_class)])
+                     _span(block["log_perplexity"], ".2f"), _span(block["target_snr"], ".1e"), " / ".join(per_class)])
     order = {m: i for i, m in enumerate(ordered_methods([r[1] for r in rows]))}
     rows.sort(key=lambda r: (r[0], order[r[1]]))
-    header = ["dataset", "generator", "seeds", "f(X) end", "f(Z)", "changed at end", "log-ppl", "label-consistent"]
+    header = ["dataset", "generator", "seeds", "f(X) end", "f(Z)", "changed at end", "log-ppl", "target SNR",
+              "label-consistent"]
     return "\n".join(parts + ["", _markdown(header, rows)]) + "\n"
 
 
