@@ -306,6 +306,12 @@ def _first_filter_stats(trainsets: Path, method: str, seed: int) -> dict | None:
     return None
 
 
+def _filter_counts(stats: dict | None, c: int) -> dict:
+    """Class c's raw and label-consistent counts (NaN when unknown: no filter record, or filter.label_filter off)."""
+    stats = stats or {}
+    return {key: stats[key][c] if key in stats else math.nan for key in ("raw", "label_consistent")}
+
+
 def generation_summary(runs_dir: str | Path, datasets: list[str]) -> pd.DataFrame:
     """Per (dataset, generator, seed, class): how well the texts match, how settled they are, how many keep their label.
 
@@ -331,17 +337,16 @@ def generation_summary(runs_dir: str | Path, datasets: list[str]) -> pd.DataFram
                              "changed_at_end": pd.Series(cls.get("last_changed_fraction") or [], dtype=float).mean(),
                              "log_perplexity": cls["mean_log_perplexity"],
                              "target_snr": math.nan if cls.get("snr") is None else cls["snr"],  # DP runs only
-                             "raw": stats["raw"][c] if stats else math.nan,
-                             "label_consistent": stats["label_consistent"][c] if stats else math.nan})
+                             **_filter_counts(stats, c)})
         for method in GENERATED_BASELINES:
             seeds = sorted({int(m.group(1)) for p in (root / "trainsets").glob(f"{method}-n*-seed*.info.json")
                             if (m := re.search(r"-seed(\d+)\.info\.json$", p.name))})
             for seed in seeds:
                 stats = _first_filter_stats(root / "trainsets", method, seed)
-                for c, (raw, consistent) in enumerate(zip(stats["raw"], stats["label_consistent"]) if stats else []):
+                for c in range(len(stats["raw"]) if stats else 0):
                     name = names[c] if c < len(names) else str(c)
                     rows.append({"dataset": dataset, "generator": method, "seed": seed, "class": name, "n_batches": 0,
-                                 "raw": raw, "label_consistent": consistent})
+                                 **_filter_counts(stats, c)})
     return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
 
 
@@ -368,7 +373,7 @@ def generation_summary_markdown(df: pd.DataFrame, title: str = "Generation summa
     rows = []
     for (dataset, generator), block in df.groupby(["dataset", "generator"], sort=False):
         per_class = [f"{_span(b['label_consistent'], '.0f')} of {_span(b['raw'], '.0f')}"
-                     for _, b in block.groupby("class", sort=False)]
+                     if b["label_consistent"].notna().any() else "–" for _, b in block.groupby("class", sort=False)]
         rows.append([dataset, generator, block["seed"].nunique(), _span(block["f_X_end"], ".3f"),
                      _span(block["f_Z"], ".3f"), _span(block["changed_at_end"], ".2f"),
                      _span(block["log_perplexity"], ".2f"), _span(block["target_snr"], ".1e"), " / ".join(per_class)])

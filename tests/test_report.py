@@ -171,7 +171,9 @@ def write_generation_records(runs, generator, seed, f_x, f_z, consistent, n=5, s
     classes = [{"class": name, "f_Z": [fz, fz + 0.02], "f_X_final": [fx, fx], "mean_log_perplexity": 5.0,
                 "last_changed_fraction": [0.9, 1.0], "snr": snr} for name, fx, fz in zip(("negative", "positive"), f_x, f_z)]
     (run_dir / "generate_metrics.json").write_text(json.dumps({"classes": classes}))
-    stats = {"raw": [40, 40], "label_consistent": consistent, "kept": [min(n, k) for k in consistent]}
+    stats = {"raw": [40, 40], "kept": [n, n]}
+    if consistent:  # none: filter.label_filter was off, the record has no such count
+        stats.update(label_consistent=consistent, kept=[min(n, k) for k in consistent])
     (runs / "tweets" / "trainsets").mkdir(parents=True, exist_ok=True)
     (runs / "tweets" / "trainsets" / f"{generator}-n{n}-seed{seed}_filter.json").write_text(json.dumps(stats))
 
@@ -183,11 +185,12 @@ def test_generation_summary_reads_metrics_and_filter_counts(tmp_path):
     write_generation_records(runs, "gradmm_no_matching", 0, f_x=(0.25, 0.3), f_z=(0.06, 0.08),
                              consistent=[19, 30])
     write_generation_records(runs, "gradmm_dp", 0, f_x=(1.0, 1.0), f_z=(1.0, 1.0), consistent=[18, 36], snr=1.9e-4)
+    write_generation_records(runs, "gradmm_plus", 0, f_x=(0.5, 0.6), f_z=(0.4, 0.5), consistent=None)
     info = {"method": "llm_zero_shot_gen", "filter": {"raw": [40, 40], "label_consistent": [10, 38], "kept": [5, 5]}}
     (runs / "tweets" / "trainsets" / "llm_zero_shot_gen-n5-seed0.info.json").write_text(json.dumps(info))
 
     df = report.generation_summary(runs, ["tweets", "absent"])
-    assert list(df.columns) == report.SUMMARY_COLUMNS and len(df) == 10  # 4 runs x 2 classes + the baseline's 2
+    assert list(df.columns) == report.SUMMARY_COLUMNS and len(df) == 12  # 5 runs x 2 classes + the baseline's 2
     row = df[(df.generator == "gradmm") & (df.seed == 1) & (df["class"] == "negative")].iloc[0]
     assert row.f_X_end == pytest.approx(0.3) and row.f_Z == pytest.approx(0.07) and row.f_Z_max == pytest.approx(0.08)
     assert row.changed_at_end == pytest.approx(0.95) and row.label_consistent == 21 and row.n_batches == 2
@@ -198,11 +201,13 @@ def test_generation_summary_reads_metrics_and_filter_counts(tmp_path):
     md = report.write_generation_summary(df, tmp_path / "t" / "g.csv", tmp_path / "t" / "g.md")
     lines = [line for line in md.splitlines() if line.startswith("| tweets")]
     assert [line.split(" | ")[1] for line in lines] == ["llm_zero_shot_gen", "gradmm", "gradmm_no_matching",
-                                                        "gradmm_dp"]
+                                                        "gradmm_dp", "gradmm_plus"]
+    assert df[df.generator == "gradmm_plus"].label_consistent.isna().all()
+    assert "| tweets | gradmm_plus | 1 | 0.500–0.600 | 0.410–0.510 | 0.95 | 5.00 | – | – / – |" in md
     assert "| tweets | gradmm_dp | 1 | 1.000 | 1.010 | 0.95 | 5.00 | 1.9e-04 | 18 of 40 / 36 of 40 |" in md
     assert "| tweets | gradmm | 2 | 0.100–0.300 | 0.060–0.080 | 0.95 | 5.00 | – | 17–21 of 40 / 34–36 of 40 |" in md
     assert "| tweets | llm_zero_shot_gen | 1 | – | – | – | – | – | 10 of 40 / 38 of 40 |" in md
-    assert len((tmp_path / "t" / "g.csv").read_text().splitlines()) == 11
+    assert len((tmp_path / "t" / "g.csv").read_text().splitlines()) == 13
     assert "No generation records." in report.generation_summary_markdown(report.generation_summary(runs, ["absent"]))
 
 
