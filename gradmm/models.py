@@ -6,6 +6,7 @@ for tied models (SmolLM2, Gemma) that is the embedding matrix in its output role
 
 import importlib.util
 import logging
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -77,11 +78,22 @@ def _convert_gguf(folder: Path, gguf_file: str, target: Path) -> Path:
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(gguf_model.state_dict(), strict=False)
     model.tie_weights()
-    tmp = target.with_name(target.name + ".tmp")
+    return save_model_folder(model, tok, target)
+
+
+def save_model_folder(model, tok, target: Path) -> Path:
+    """Save model + tokenizer to target atomically. Parallel pipeline stages may convert at once: each writes
+    its own temporary folder (a shared one was deleted under a concurrent writer), and the first rename wins."""
+    tmp = target.with_name(f"{target.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
-    tmp.rename(target)  # atomic: a concurrent or interrupted conversion never leaves a half folder
+    try:
+        tmp.rename(target)  # atomic: an interrupted conversion never leaves a half folder
+    except OSError:
+        if not (target / "config.json").exists():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)  # another process finished first: its folder is the same model
     return target
 
 

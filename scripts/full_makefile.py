@@ -3,7 +3,8 @@ profile), for running them outside DVC: `make -k -j N` runs the stages' own comm
 at a time, appends each command's exit code, wall time (ms) and stage name to times.tsv (read by
 gradmm.runtimes) and its output to logs/<stage>.log. Stages whose outputs already exist in RUN_DIR are left
 out, so a second call resumes (a generation's checkpoints resume inside it). A directory output stands for a
-marker file its stage writes last (a generation's raw.jsonl, a prepared task's meta.json).
+marker file its stage writes last (a generation's raw.jsonl, a prepared task's meta.json). An upstream
+output that is missing but no longer needed (raw texts whose training sets exist) is not re-made.
 
     python scripts/full_makefile.py PARAMS RUN_DIR
 """
@@ -33,6 +34,24 @@ def stage_rules(params: Path) -> list[tuple]:
                 for st in Repo(tmp).index.stages if st.name.split("@")[0] in STAGES]
 
 
+def needed_stages(rules: list[tuple], run_dir: Path) -> list[tuple]:
+    """The stages to run: each result (finetune) not in run_dir yet, and what those need that is missing. An
+    upstream stage whose output is gone (a generation's raw texts are not committed, so a fresh clone lacks
+    them) is re-run only when a missing downstream output needs it, not because its own output is absent."""
+    marker = lambda name, o: f"{o}/{DIR_MARKERS[name.split('@')[0]]}" if name.split("@")[0] in DIR_MARKERS else o  # noqa: E731
+    missing = {name for name, _, outs, _ in rules if not all((run_dir / marker(name, o)).exists() for o in outs)}
+    maker = {o: name for name, _, outs, _ in rules for o in outs}
+    needed = {name for name in missing if name.startswith("finetune@")}
+    todo = list(needed)
+    deps_of = {name: deps for name, _, _, deps in rules}
+    while todo:
+        for d in deps_of[todo.pop()]:
+            if d in maker and maker[d] in missing and maker[d] not in needed:
+                needed.add(maker[d])
+                todo.append(maker[d])
+    return [r for r in rules if r[0] in needed]
+
+
 def goal_order(rules: list[tuple], datasets: list[str]) -> list[str]:
     """The results first, dataset by dataset (experiment.datasets' order), then seed by seed (make builds each
     goal's prerequisites before the next goal): a stopped run leaves whole seeds of a table, not a bit of everything."""
@@ -55,13 +74,10 @@ def main() -> None:
     args = ap.parse_args()
     datasets = yaml.safe_load(args.params.read_text())["experiment"]["datasets"]
     produced, rules = {}, []
-    for name, cmd, outs, deps in stage_rules(args.params):
+    for name, cmd, outs, deps in needed_stages(stage_rules(args.params), args.run_dir):
         marker = DIR_MARKERS.get(name.split("@")[0])
-        targets = [f"{o}/{marker}" if marker else o for o in outs]
-        if all((args.run_dir / t).exists() for t in targets):
-            continue
-        produced.update({o: targets[0] for o in outs})
-        rules.append((name, cmd, targets, deps))
+        produced.update({o: f"{o}/{marker}" if marker else o for o in outs})
+        rules.append((name, cmd, [produced[o] for o in outs], deps))
     lines = [".PHONY: all", "all: " + " ".join(goal_order(rules, datasets)), ""]
     for name, cmd, targets, deps in rules:
         needs = sorted({produced[d] for d in deps if d in produced})

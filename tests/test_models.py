@@ -64,3 +64,21 @@ def test_gemma3_is_the_real_model():
     assert model(**enc, labels=enc.input_ids).loss.item() < 4.0
     W, b = output_head(model)
     assert b is None and W.shape == (262144, 640) and model.config.tie_word_embeddings
+
+
+def test_save_model_folder_tolerates_a_concurrent_writer(tiny, tmp_path):
+    """Two pipeline stages converting the same GGUF at once: the late one keeps the first's folder, and
+    neither deletes the other's temporary folder (the shared .tmp of old lost a full-profile stage)."""
+    from gradmm.models import save_model_folder
+
+    model, tok = tiny
+    target = tmp_path / "models" / "m"
+    target.parent.mkdir()
+    other_writer_tmp = target.with_name("m.tmp999999")
+    other_writer_tmp.mkdir()
+    assert save_model_folder(model, tok, target) == target
+    first = (target / "config.json").stat().st_mtime_ns
+    assert save_model_folder(model, tok, target) == target  # the rename loses: target exists
+    assert (target / "config.json").stat().st_mtime_ns == first
+    assert other_writer_tmp.exists()
+    assert sorted(p.name for p in target.parent.iterdir()) == ["m", "m.tmp999999"]

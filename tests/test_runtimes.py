@@ -82,6 +82,24 @@ def test_the_makefile_runs_the_dvc_stages_in_order_and_leaves_out_what_exists(tm
     assert rules["runs/tweets/trainsets/gradmm-n5-seed0.jsonl"] == []
     assert len(rules) == 4
 
+    # A fresh clone: the training sets are committed, the raw texts (and the prepared data) are not. Only the
+    # results' own stages come back; a generation is re-made only for a training set that is missing.
+    for rel in ("runs/tweets/trainsets/gradmm-n5-seed0.jsonl", "runs/tweets/trainsets/gradmm_no_filter-n5-seed0.jsonl",
+                "runs/tweets/trainsets/gradmm-n5-seed0_filter.json", "runs/tweets/trainsets/random_real-n5-seed0.jsonl",
+                "runs/tweets/trainsets/random_real-n5-seed0.info.json"):
+        (run_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+        (run_dir / rel).write_text("{}")
+    (run_dir / "runs/tweets/generated/gradmm-seed0/raw.jsonl").unlink()
+    (run_dir / "runs/tweets/data/meta.json").unlink()
+    module.main()
+    rules = {line.split(":")[0] for line in (run_dir / "Makefile").read_text().splitlines() if line.startswith("runs/")}
+    assert rules == {"runs/tweets/data/meta.json", "runs/tweets/results/gradmm-n5-seed0.json",
+                     "runs/tweets/results/random_real-n5-seed0.json"}
+    (run_dir / "runs/tweets/trainsets/gradmm-n5-seed0.jsonl").unlink()
+    module.main()
+    rules = {line.split(":")[0] for line in (run_dir / "Makefile").read_text().splitlines() if line.startswith("runs/")}
+    assert {"runs/tweets/generated/gradmm-seed0/raw.jsonl", "runs/tweets/trainsets/gradmm-n5-seed0.jsonl"} < rules
+
 
 def test_the_runtimes_command_prints_the_summary_and_names_a_missing_file(tmp_path, capsys):
     from gradmm.cli import main
