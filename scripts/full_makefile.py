@@ -76,8 +76,9 @@ def main() -> None:
     produced, rules = {}, []
     for name, cmd, outs, deps in needed_stages(stage_rules(args.params), args.run_dir):
         marker = DIR_MARKERS.get(name.split("@")[0])
-        produced.update({o: f"{o}/{marker}" if marker else o for o in outs})
-        rules.append((name, cmd, [produced[o] for o in outs], deps))
+        targets = [f"{o}/{marker}" if marker else o for o in outs]
+        produced.update({o: targets[0] for o in outs})  # make knows a stage by its first output
+        rules.append((name, cmd, targets, deps))
     lines = [".PHONY: all", "all: " + " ".join(goal_order(rules, datasets)), ""]
     for name, cmd, targets, deps in rules:
         needs = sorted({produced[d] for d in deps if d in produced})

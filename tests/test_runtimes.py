@@ -53,7 +53,7 @@ def _full_makefile():
 def test_the_makefile_runs_the_dvc_stages_in_order_and_leaves_out_what_exists(tmp_path, monkeypatch):
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["experiment"].update(datasets=["tweets"], seeds=[0], n_per_class=[5], generators=["gradmm"],
-                                baselines=["random_real"], methods=["random_real", "gradmm"])
+                                baselines=["random_real"], methods=["random_real", "gradmm", "gradmm_no_filter"])
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     run_dir = tmp_path / "run"
     module = _full_makefile()
@@ -67,8 +67,11 @@ def test_the_makefile_runs_the_dvc_stages_in_order_and_leaves_out_what_exists(tm
     assert rules["runs/tweets/trainsets/gradmm-n5-seed0.jsonl"] == ["runs/tweets/generated/gradmm-seed0/raw.jsonl"]
     assert set(rules["runs/tweets/results/gradmm-n5-seed0.json"]) == {"runs/tweets/data/meta.json",
                                                                        "runs/tweets/trainsets/gradmm-n5-seed0.jsonl"}
+    # the filter's second output (the unfiltered set) is made by the filter's rule, named by its first output
+    assert set(rules["runs/tweets/results/gradmm_no_filter-n5-seed0.json"]) == {
+        "runs/tweets/data/meta.json", "runs/tweets/trainsets/gradmm-n5-seed0.jsonl"}
     assert "gradmm finetune --task runs/tweets/data --method gradmm --n-per-class 5 --seed 0" in text
-    assert len(rules) == 6  # prepare, generate, filter, baseline, 2 finetunes
+    assert len(rules) == 7  # prepare, generate, filter, baseline, 3 finetunes
     goals = next(line for line in text.splitlines() if line.startswith("all:")).split()[1:]
     assert all("/results/" in g for g in goals[:2])  # results first: make builds a result's inputs before the next
 
@@ -80,7 +83,7 @@ def test_the_makefile_runs_the_dvc_stages_in_order_and_leaves_out_what_exists(tm
              if line.startswith("runs/")}
     assert "runs/tweets/data/meta.json" not in rules and "runs/tweets/generated/gradmm-seed0/raw.jsonl" not in rules
     assert rules["runs/tweets/trainsets/gradmm-n5-seed0.jsonl"] == []
-    assert len(rules) == 4
+    assert len(rules) == 5
 
     # A fresh clone: the training sets are committed, the raw texts (and the prepared data) are not. Only the
     # results' own stages come back; a generation is re-made only for a training set that is missing.
@@ -94,7 +97,7 @@ def test_the_makefile_runs_the_dvc_stages_in_order_and_leaves_out_what_exists(tm
     module.main()
     rules = {line.split(":")[0] for line in (run_dir / "Makefile").read_text().splitlines() if line.startswith("runs/")}
     assert rules == {"runs/tweets/data/meta.json", "runs/tweets/results/gradmm-n5-seed0.json",
-                     "runs/tweets/results/random_real-n5-seed0.json"}
+                     "runs/tweets/results/gradmm_no_filter-n5-seed0.json", "runs/tweets/results/random_real-n5-seed0.json"}
     (run_dir / "runs/tweets/trainsets/gradmm-n5-seed0.jsonl").unlink()
     module.main()
     rules = {line.split(":")[0] for line in (run_dir / "Makefile").read_text().splitlines() if line.startswith("runs/")}
