@@ -34,12 +34,17 @@ def stage_rules(params: Path) -> list[tuple]:
                 for st in Repo(tmp).index.stages if st.name.split("@")[0] in STAGES]
 
 
+def stage_targets(name: str, outs: list[str]) -> list[str]:
+    """The files make tracks for a stage's outputs: a directory output stands for its marker file."""
+    marker = DIR_MARKERS.get(name.split("@")[0])
+    return [f"{o}/{marker}" if marker else o for o in outs]
+
+
 def needed_stages(rules: list[tuple], run_dir: Path) -> list[tuple]:
     """The stages to run: each result (finetune) not in run_dir yet, and what those need that is missing. An
     upstream stage whose output is gone (a generation's raw texts are not committed, so a fresh clone lacks
     them) is re-run only when a missing downstream output needs it, not because its own output is absent."""
-    marker = lambda name, o: f"{o}/{DIR_MARKERS[name.split('@')[0]]}" if name.split("@")[0] in DIR_MARKERS else o  # noqa: E731
-    missing = {name for name, _, outs, _ in rules if not all((run_dir / marker(name, o)).exists() for o in outs)}
+    missing = {name for name, _, outs, _ in rules if not all((run_dir / t).exists() for t in stage_targets(name, outs))}
     maker = {o: name for name, _, outs, _ in rules for o in outs}
     needed = {name for name in missing if name.startswith("finetune@")}
     todo = list(needed)
@@ -75,8 +80,7 @@ def main() -> None:
     datasets = yaml.safe_load(args.params.read_text())["experiment"]["datasets"]
     produced, rules = {}, []
     for name, cmd, outs, deps in needed_stages(stage_rules(args.params), args.run_dir):
-        marker = DIR_MARKERS.get(name.split("@")[0])
-        targets = [f"{o}/{marker}" if marker else o for o in outs]
+        targets = stage_targets(name, outs)
         produced.update({o: targets[0] for o in outs})  # make knows a stage by its first output
         rules.append((name, cmd, targets, deps))
     lines = [".PHONY: all", "all: " + " ".join(goal_order(rules, datasets)), ""]

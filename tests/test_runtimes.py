@@ -50,6 +50,12 @@ def _full_makefile():
     return module
 
 
+def _makefile_rules(run_dir):
+    """{target: prerequisites} of RUN_DIR/Makefile."""
+    return {line.split(":")[0]: line.split(":", 1)[1].split()
+            for line in (run_dir / "Makefile").read_text().splitlines() if line.startswith("runs/")}
+
+
 def test_the_makefile_runs_the_dvc_stages_in_order_and_leaves_out_what_exists(tmp_path, monkeypatch):
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["experiment"].update(datasets=["tweets"], seeds=[0], n_per_class=[5], generators=["gradmm"],
@@ -60,8 +66,7 @@ def test_the_makefile_runs_the_dvc_stages_in_order_and_leaves_out_what_exists(tm
     monkeypatch.setattr("sys.argv", ["full_makefile.py", str(tmp_path / "params.yaml"), str(run_dir)])
     module.main()
     text = (run_dir / "Makefile").read_text()
-    rules = {line.split(":")[0]: line.split(":", 1)[1].split() for line in text.splitlines()
-             if line.startswith("runs/")}
+    rules = _makefile_rules(run_dir)
     assert rules["runs/tweets/data/meta.json"] == []
     assert rules["runs/tweets/generated/gradmm-seed0/raw.jsonl"] == ["runs/tweets/data/meta.json"]
     assert rules["runs/tweets/trainsets/gradmm-n5-seed0.jsonl"] == ["runs/tweets/generated/gradmm-seed0/raw.jsonl"]
@@ -79,8 +84,7 @@ def test_the_makefile_runs_the_dvc_stages_in_order_and_leaves_out_what_exists(tm
         (run_dir / done).parent.mkdir(parents=True, exist_ok=True)
         (run_dir / done).write_text("{}")
     module.main()  # a second call resumes: what exists is left out, and so are the dependencies on it
-    rules = {line.split(":")[0]: line.split(":", 1)[1].split() for line in (run_dir / "Makefile").read_text().splitlines()
-             if line.startswith("runs/")}
+    rules = _makefile_rules(run_dir)
     assert "runs/tweets/data/meta.json" not in rules and "runs/tweets/generated/gradmm-seed0/raw.jsonl" not in rules
     assert rules["runs/tweets/trainsets/gradmm-n5-seed0.jsonl"] == []
     assert len(rules) == 5
@@ -95,12 +99,12 @@ def test_the_makefile_runs_the_dvc_stages_in_order_and_leaves_out_what_exists(tm
     (run_dir / "runs/tweets/generated/gradmm-seed0/raw.jsonl").unlink()
     (run_dir / "runs/tweets/data/meta.json").unlink()
     module.main()
-    rules = {line.split(":")[0] for line in (run_dir / "Makefile").read_text().splitlines() if line.startswith("runs/")}
+    rules = set(_makefile_rules(run_dir))
     assert rules == {"runs/tweets/data/meta.json", "runs/tweets/results/gradmm-n5-seed0.json",
                      "runs/tweets/results/gradmm_no_filter-n5-seed0.json", "runs/tweets/results/random_real-n5-seed0.json"}
     (run_dir / "runs/tweets/trainsets/gradmm-n5-seed0.jsonl").unlink()
     module.main()
-    rules = {line.split(":")[0] for line in (run_dir / "Makefile").read_text().splitlines() if line.startswith("runs/")}
+    rules = set(_makefile_rules(run_dir))
     assert {"runs/tweets/generated/gradmm-seed0/raw.jsonl", "runs/tweets/trainsets/gradmm-n5-seed0.jsonl"} < rules
 
 
