@@ -27,7 +27,7 @@ import torch
 
 from gradmm.admm import GenerateConfig, Layout, Problem, run_batch
 from gradmm.data import DataConfig, load_task
-from gradmm.finetune import FinetuneConfig, classification_loss
+from gradmm.finetune import classification_loss
 from gradmm.matching import class_targets
 from gradmm.models import input_embeddings, load_tokenizer
 from gradmm.projection import allowed_token_mask
@@ -169,7 +169,7 @@ def main(argv=None) -> str:
         batch = task.pool[:args.ft_batch]
 
         def ft_step():
-            loss = classification_loss(model, tok, batch, task.template, label_ids, FinetuneConfig().max_tokens)
+            loss = classification_loss(model, tok, batch, task.template, label_ids)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

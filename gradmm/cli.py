@@ -6,6 +6,7 @@ import logging
 import platform
 import sys
 import time
+import traceback
 from pathlib import Path
 
 from tqdm.contrib.logging import logging_redirect_tqdm
@@ -13,14 +14,33 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from gradmm.config import as_dict, load_config
 from gradmm.data import DATASETS, DataConfig, check_dataset_name
 from gradmm.models import OFFLINE_MODELS, ModelConfig, check_model_name
+from gradmm.records import check_writable
 
 log = logging.getLogger("gradmm")
+# Mistakes in what the user gave (bad values, missing or unreadable files, unwritable outputs, missing fields):
+# one line and exit code 2, the traceback only with -v.
+USER_ERRORS = (ValueError, OSError, KeyError)
+
+
+def _at_least(low: int):
+    """An argparse type: an integer ≥ low."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer ≥ {low}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be ≥ {low}, got {value}")
+        return value
+    return parse
 
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a params value, e.g. --set data.dataset=rtpolarity (repeatable)")
+    # also after the subcommand; SUPPRESS keeps a `gradmm -v <cmd>` from being reset by this parser's default
+    p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging, tracebacks")
 
 
 def _data_model(args) -> tuple[DataConfig, ModelConfig]:
@@ -42,6 +62,8 @@ def cmd_evaluate(args) -> dict:
     from gradmm.scoring import icl_accuracy
 
     data_cfg, model_cfg = _data_model(args)
+    if args.output:
+        check_writable(Path(args.output))
     task = load_task(data_cfg)  # data errors surface before the model loads
     model, tok = load_model(model_cfg.name, model_cfg.device, model_cfg.dtype)
     start = time.perf_counter()
@@ -61,17 +83,20 @@ def _task(args, data_cfg: DataConfig):
     from gradmm.data import load_task
     from gradmm.experiment import task_from_dir
 
+    if getattr(args, "task", None) and getattr(args, "template", None):
+        raise ValueError(f"--template {args.template!r} with --task {args.task}: a prepared task keeps the template "
+                         "it was prepared with; pass --template to `gradmm prepare` instead")
     return task_from_dir(Path(args.task)) if getattr(args, "task", None) else load_task(data_cfg)
 
 
 def _rows_task_model(args, data_cfg, model_cfg, path: str, what: str):
     """The jsonl rows a stage reads, its task and its model; a missing file fails before the model loads."""
     from gradmm.models import load_model
-    from gradmm.records import read_jsonl
+    from gradmm.records import read_text_rows
 
     if not Path(path).is_file():
         raise FileNotFoundError(f"{path} does not exist: {what}")
-    rows, task = read_jsonl(Path(path)), _task(args, data_cfg)
+    rows, task = read_text_rows(Path(path)), _task(args, data_cfg)
     return rows, task, *load_model(model_cfg.name, model_cfg.device, model_cfg.dtype)
 
 
@@ -90,6 +115,7 @@ def cmd_prepare(args) -> None:
     from gradmm.experiment import write_task
 
     data_cfg, _ = _data_model(args)
+    check_writable(Path(args.out), directory=True)
     task = load_task(data_cfg)
     write_task(task, Path(args.out))
     print(f"{task.name}: pool {len(task.pool)}, dev {len(task.dev)}, test {len(task.test)} -> {args.out}")
@@ -106,7 +132,8 @@ def cmd_generate(args) -> dict:
     gen = load_config(GenerateConfig, "generate", args.params, overrides)
     dp = load_config(DPConfig, "dp", args.params, overrides)
     check_config(gen)
-    check_dp(dp)
+    check_dp(dp, gen)
+    check_writable(Path(args.out), directory=True)
     metrics = generate(_task(args, data_cfg), model_cfg, gen, dp, Path(args.out), archive_stale=args.archive_stale)
     for c in metrics["classes"]:
         print(f"{c['class']}: L={c['seq_len']} f(Z) per batch {[round(v, 4) for v in c['f_Z']]} "
@@ -123,16 +150,20 @@ def cmd_filter(args) -> dict:
     overrides = _variant(args)
     data_cfg, model_cfg = _data_model(args)
     cfg = load_config(FilterConfig, "filter", args.params, overrides)
-    if args.n_per_class:
+    if args.n_per_class is not None:
         cfg.n_per_class = args.n_per_class
     dp = load_config(DPConfig, "dp", args.params, overrides)
     check_config(cfg)
+    for path in (args.out, args.no_filter_out):
+        if path:
+            check_writable(Path(path))
     rows, task, model, tok = _rows_task_model(args, data_cfg, model_cfg, args.raw, "raw texts (run `gradmm generate` first)")
     kept, stats = filter_rows(model, tok, task, rows, cfg, private=dp.enabled)
     out = Path(args.out)
     write_jsonl(out, kept)
     write_json(out.with_name(out.stem + "_filter.json"), stats)
-    print(f"kept per class {stats['kept']} of raw {stats['raw']} -> {out}")
+    print(f"kept per class {stats['kept']} of raw {stats['raw']} -> {out}"
+          + (" — EMPTY training set" if stats["empty"] else f" — short classes {stats['short']}" if stats["short"] else ""))
     if args.no_filter_out:  # the same budget without the filter (the gradmm_no_filter ablation)
         plain = FilterConfig(**{**as_dict(cfg), "label_filter": False, "rank": "none"})
         unfiltered, _ = filter_rows(model, tok, task, rows, plain, private=dp.enabled, progress=False)
@@ -161,6 +192,7 @@ def cmd_baseline(args) -> dict:
     exp = _experiment(args)
     filter_cfg = load_config(FilterConfig, "filter", args.params, args.overrides)
     filter_cfg.n_per_class = exp.n_per_class
+    check_writable(Path(args.out))
     task = _task(args, data_cfg)
     model, tok = load_model(model_cfg.name, model_cfg.device, model_cfg.dtype)
     rows, info = baseline_trainset(args.method, model, tok, task, exp, args.seed, filter_cfg)
@@ -180,24 +212,30 @@ def cmd_finetune(args) -> dict:
     exp = _experiment(args)
     cfg = load_config(FinetuneConfig, "finetune", args.params, args.overrides)
     check_config(cfg)
+    check_writable(Path(args.out))  # not found only after the training
     rows, task, model, tok = _rows_task_model(args, data_cfg, model_cfg, args.train, "training set")
     result = evaluate_method(args.method, rows, model, tok, task, cfg, args.seed)
     result.update(dataset=task.name, model=model_cfg.name, n_per_class=exp.n_per_class, train_file=str(args.train))
     write_json(Path(args.out), result)
+    if result.get("empty_trainset"):
+        print(f"{task.name} {args.method} seed {args.seed}: EMPTY training set, no accuracy (recorded in {args.out})")
+        return result
     print(f"{task.name} {args.method} seed {args.seed}: test accuracy {result['test_accuracy']:.3f} "
           f"(shares {[round(x, 2) for x in result['test_prediction_shares']]}, {result['wall_seconds']} s)")
     return result
 
 
 def cmd_diagnose(args) -> list:
-    from gradmm.diagnostics import format_distances, load_synthetic, target_distances
+    from gradmm.diagnostics import format_distances, target_distances
     from gradmm.models import load_model
-    from gradmm.records import write_json
+    from gradmm.records import read_text_rows, write_json
 
     data_cfg, model_cfg = _data_model(args)
+    if args.out:
+        check_writable(Path(args.out))
+    synthetic = read_text_rows(Path(args.synthetic)) if args.synthetic else None
     task = _task(args, data_cfg)
     model, tok = load_model(model_cfg.name, model_cfg.device, model_cfg.dtype)
-    synthetic = load_synthetic(Path(args.synthetic)) if args.synthetic else None
     rows = target_distances(model, tok, task, synthetic, args.set_size, args.n_sets, args.seed)
     print("match loss f of text sets against each class target (mean ± std over sets; lower = closer)")
     print(format_distances(rows))
@@ -221,13 +259,15 @@ def cmd_study(args) -> list:
         raise ValueError(f"method {args.method!r} is not in study.{'screen.' if args.screen else ''}methods {cfg.methods}")
     ft = load_config(FinetuneConfig, "finetune", args.params, finetune_overrides(cfg) + list(args.overrides))
     check_config(ft)
+    check_writable(Path(args.out), directory=True)
     results = run_cell(_task(args, data_cfg), args.method, cfg, args.params, model_cfg, ft,
                        load_config(FilterConfig, "filter", args.params, args.overrides),
                        load_config(ExperimentConfig, "experiment", args.params, args.overrides), Path(args.out),
                        overrides=args.overrides)
-    accs = [r["test_accuracy"] for r in results]
-    print(f"{args.method}: {len(accs)} runs, test accuracy mean {sum(accs) / len(accs):.3f} "
-          f"(min {min(accs):.3f}, max {max(accs):.3f}) -> {args.out}")
+    accs = [r["test_accuracy"] for r in results if not r.get("empty_trainset")]
+    empty = f", {len(results) - len(accs)} with an EMPTY training set (no accuracy)" if len(accs) < len(results) else ""
+    print(f"{args.method}: {len(results)} runs{empty}" + (f", test accuracy mean {sum(accs) / len(accs):.3f} "
+          f"(min {min(accs):.3f}, max {max(accs):.3f})" if accs else "") + f" -> {args.out}")
     return results
 
 
@@ -245,6 +285,7 @@ def cmd_privacy_attacks(args) -> dict:
     check_study(study)
     ft = load_config(FinetuneConfig, "finetune", args.params, finetune_overrides(study) + list(args.overrides))
     check_config(ft)
+    check_writable(Path(args.out), directory=True)
     tables = run_attacks(_task(args, data_cfg), cfg, study, args.params, model_cfg, ft,
                          load_config(FilterConfig, "filter", args.params, args.overrides),
                          load_config(ExperimentConfig, "experiment", args.params, args.overrides), Path(args.study),
@@ -261,6 +302,7 @@ def cmd_transfer(args) -> list:
     cfg, _, ft = settings(args.params, args.overrides)
     if args.target not in cfg.targets:
         raise ValueError(f"target {args.target!r} is not in transfer.targets {cfg.targets}")
+    check_writable(Path(args.out), directory=True)
     results = run_target(_task(args, data_cfg), args.target, cfg, Path(args.study), model_cfg, ft, Path(args.out))
     print(f"{args.target}: {len(results)} runs -> {args.out}")
     return results
@@ -334,10 +376,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="folder holding rtpolarity/ and imdb/")
     p.add_argument("--template", help="template name or string with {text} (overrides data.template)")
     p.add_argument("--device", help="auto | cpu | cuda")
-    p.add_argument("--shots", type=int, default=0, help="in-context demonstrations per class (default 0)")
+    p.add_argument("--shots", type=_at_least(0), default=0, help="in-context demonstrations per class (default 0)")
     p.add_argument("--split", default="test", choices=["dev", "test"])
-    p.add_argument("--seed", type=int, default=0, help="seed for the choice of demonstrations")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--seed", type=_at_least(0), default=0, help="seed for the choice of demonstrations")
+    p.add_argument("--batch-size", type=_at_least(1), default=16)
     p.add_argument("--output", help="write the result as JSON here")
     p.set_defaults(func=cmd_evaluate)
 
@@ -347,6 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--model", help="model name (overrides model.name)")
         p.add_argument("--dataset", help="dataset name (overrides data.dataset)")
         p.add_argument("--data-dir", help="folder holding rtpolarity/ and imdb/")
+        p.add_argument("--template", help="template name or string with {text} (overrides data.template)")
         p.add_argument("--task", help="a prepared task folder (gradmm prepare); default: built from data params")
         p.add_argument("--out", required=needs_out, help="where to write")
         p.set_defaults(func=func)
@@ -356,31 +399,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(task=None)
     p = stage("generate", "GRADMM: class targets, ADMM batches, raw synthetic texts (resumable)", cmd_generate)
     p.add_argument("--variant", help="a generator variant (gradmm, gradmm_dp, gradmm_no_projection, ...)")
-    p.add_argument("--seed", type=int, help="overrides generate.seed")
+    p.add_argument("--seed", type=_at_least(0), help="overrides generate.seed")
     p.add_argument("--archive-stale", action="store_true",
                    help="move a run directory holding other params to .archive/ beside it instead of refusing")
     p = stage("filter", "label-consistency filter, rank by match loss, balance -> training set", cmd_filter)
     p.add_argument("--raw", required=True, help="raw.jsonl written by `gradmm generate`")
     p.add_argument("--variant", help="the generator variant the raw texts came from (its dp settings apply)")
-    p.add_argument("--n-per-class", type=int, help="overrides filter.n_per_class")
+    p.add_argument("--n-per-class", type=_at_least(1), help="overrides filter.n_per_class")
     p.add_argument("--no-filter-out", help="also write the same budget without the filter here")
     p = stage("baseline", "the training set of a baseline method (random_real, herding, llm_zero_shot_gen, ...)",
               cmd_baseline)
     p.add_argument("--method", required=True)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--n-per-class", type=int, help="the budget n (default: experiment.n_per_class's only one)")
+    p.add_argument("--seed", type=_at_least(0), default=0)
+    p.add_argument("--n-per-class", type=_at_least(1), help="the budget n (default: experiment.n_per_class's only one)")
     p = stage("finetune", "fine-tune on a training set (or score in context) and report test accuracy", cmd_finetune)
     p.add_argument("--method", required=True, help="the method the training set belongs to")
     p.add_argument("--train", required=True, help="training set jsonl (text, label)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--n-per-class", type=int, help="the budget n the set was made for (recorded in the result)")
+    p.add_argument("--seed", type=_at_least(0), default=0)
+    p.add_argument("--n-per-class", type=_at_least(1),
+                   help="the budget n the set was made for (recorded in the result)")
 
     p = stage("diagnose", "does the class target separate the classes? f of synthetic, real and random sets",
               cmd_diagnose, needs_out=False)
     p.add_argument("--synthetic", help="a synthetic jsonl (raw.jsonl or a training set) to place beside the references")
-    p.add_argument("--set-size", type=int, default=10)
-    p.add_argument("--n-sets", type=int, default=5)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--set-size", type=_at_least(1), default=10)
+    p.add_argument("--n-sets", type=_at_least(1), default=5)
+    p.add_argument("--seed", type=_at_least(0), default=0)
 
     p = stage("study", "one dataset × method cell of the variants study (issue 9): generate, filter, fine-tune "
               "over study.seeds (resumable)", cmd_study)
@@ -429,9 +473,15 @@ def main(argv: list[str] | None = None) -> int:
     with logging_redirect_tqdm():  # logs go through tqdm.write and don't break progress bars
         try:
             args.func(args)
-        except (ValueError, FileNotFoundError, KeyError) as err:
-            print(f"gradmm {args.command}: error: {err}", file=sys.stderr)
-            return 2
+        except Exception as err:
+            user_error = isinstance(err, USER_ERRORS)
+            if args.verbose:
+                traceback.print_exc()
+            message = err.args[0] if isinstance(err, KeyError) and err.args else err  # str(KeyError) adds quotes
+            if not user_error:  # a bug: one line too, and how to see where it is
+                message = f"internal {type(err).__name__}: {message}" + ("" if args.verbose else " (-v: the traceback)")
+            print(f"gradmm {args.command}: error: {message}", file=sys.stderr)
+            return 2 if user_error else 1
     return 0
 
 

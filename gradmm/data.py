@@ -1,5 +1,9 @@
 """Datasets by name, prompt templates with one label word per class, and seeded stratified splits.
 
+A task is described by its class names, the words that describe a text of a class (`domain`, `description`:
+the generation instruction), a template with one label word per class, and `max_text_tokens`, the one
+truncation limit that scoring, matching and fine-tuning share.
+
 The generation pool is the only real data the method sees; dev is for model selection; test is for
 reporting only. The three are disjoint after de-duplication.
 """
@@ -23,12 +27,21 @@ class Example:
     label: int
 
 
+# Longer texts keep their first 128 tokens (the head: a headline, a first sentence); every text of the
+# rtpolarity, tweets and imdb splits is shorter (at most 76 SmolLM2 tokens), so none of them is cut.
+DEFAULT_MAX_TEXT_TOKENS = 128
+
+
 @dataclass(frozen=True)
 class Template:
-    """`format` holds `{text}`; label_words[c] is appended to the formatted prompt for class c."""
+    """`format` holds `{text}`; label_words[c] is appended to the formatted prompt for class c.
+
+    max_text_tokens: the text is cut to its first max_text_tokens tokens before it is put in the template
+    (scoring.template_prompt), so the prompt around it, which the label word follows, is never cut."""
 
     format: str
     label_words: tuple[str, ...]
+    max_text_tokens: int = DEFAULT_MAX_TEXT_TOKENS
 
     def prompt(self, text: str) -> str:
         return self.format.replace("{text}", text)
@@ -55,11 +68,16 @@ class DataConfig:
     dataset: str = "tweets"  # tweets | rtpolarity | imdb | sst2 | rotten_tomatoes | tweet_emotion | local
     data_dir: str | None = None  # holds rtpolarity/ and imdb/; default GRADMM_DATA_DIR or ../shared/data
     source: str | None = None  # hub id or local folder for hub datasets; file path for `local`
+    name: str = ""  # `local` only: the dataset's name in results and output folders; default the file's stem
     text_field: str = "text"  # `local` only
     label_field: str = "label"  # `local` only
     label_names: list[str] = field(default_factory=list)  # `local` only: class names, in label order
     template: str = "paper"  # a name in TEMPLATES, or a custom string holding {text}
     label_words: list[str] = field(default_factory=list)  # one per class; empty = the template's own
+    # What the generation instruction asks for ("Write one short {domain} {description}."); "" = the dataset's own
+    domain: str = ""  # what one text is: "movie review", "tweet", "news headline" (default for `local`: "text")
+    description: str = ""  # a text of class {label}: "with {label} sentiment", "about {label}"
+    max_text_tokens: int = DEFAULT_MAX_TEXT_TOKENS  # texts are cut to their first N tokens (scoring, matching, fine-tuning)
     pool_per_class: int = 50  # real examples per class the generator may see (paper: ~50)
     dev_per_class: int = 100
     test_per_class: int = 200
@@ -119,8 +137,8 @@ def _load_paper(name: str, cfg: DataConfig):
     if root is None:
         raise FileNotFoundError(
             f"dataset {name!r} needs a data directory holding {name}/ (the paper's splits): pass "
-            "data.data_dir / --data-dir, set GRADMM_DATA_DIR, or fetch it with `gradmm download-data "
-            f"{name} DIR`; the default dataset 'tweets' needs none"
+            "data.data_dir / --data-dir or set GRADMM_DATA_DIR (with internet, gradmm.data.download_paper_data "
+            f"fetches {name}/ into a folder); the default dataset 'tweets' needs none"
         )
     text_field, label_field = PAPER_FIELDS[name]
     rows = []
@@ -130,7 +148,15 @@ def _load_paper(name: str, cfg: DataConfig):
             raise FileNotFoundError(f"dataset {name!r}: {path} does not exist (data directory {root})")
         rows += _read_jsonl(path, text_field, label_field)
     # The paper's rtpolarity text is lower-cased, tokenised and ends with " \n".
-    return [Example(str(r[text_field]).strip(), int(r[label_field])) for r in rows], ["negative", "positive"]
+    return [Example(_text(r[text_field], f"{name} row {i}"), int(r[label_field])) for i, r in enumerate(rows)], \
+        ["negative", "positive"]
+
+
+def _text(value, where: str) -> str:
+    """A text field, stripped; a null or non-string one is an error, never the string 'None'."""
+    if not isinstance(value, str):
+        raise ValueError(f"{where}: the text must be a string, got {value!r}")
+    return value.strip()
 
 
 def _package_file(package: str, pip_name: str, rel: str) -> Path:
@@ -168,8 +194,19 @@ def _load_hub(name: str, cfg: DataConfig):
     for split in ds.values():  # every labelled split; our own splits are made below
         for row in split:
             if row[label_field] in kept:  # SST-2's test split is unlabelled (-1)
-                examples.append(Example(str(row[text_field]).strip(), kept.index(row[label_field])))
+                examples.append(Example(_text(row[text_field], f"{hub_id} {text_field}"), kept.index(row[label_field])))
     return examples, names
+
+
+def local_name(cfg: DataConfig) -> str:
+    """A local dataset's name: data.name, else its file's stem (two local files get two output folders)."""
+    name = cfg.name or Path(cfg.source or "local").stem
+    if name in DATASETS and name != "local":  # "local": the DVC pipeline's folder for it, when data.name says so
+        raise ValueError(f"a local dataset can't be named {name!r}, a built-in dataset's name: set data.name")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+        raise ValueError(f"local dataset name {name!r} names output folders: use letters, digits, '.', '_', '-' "
+                         "(set data.name)")
+    return name
 
 
 def _load_local(cfg: DataConfig):
@@ -197,7 +234,7 @@ def _load_local(cfg: DataConfig):
         label = names.index(raw) if raw in names else int(raw) if raw.lstrip("-").isdigit() else -1
         if not 0 <= label < len(names):
             raise ValueError(f"{path}: row {i} has label {raw!r}; allowed: {names} or 0..{len(names) - 1}")
-        examples.append(Example(str(r[cfg.text_field]).strip(), label))
+        examples.append(Example(_text(r[cfg.text_field], f"{path}: row {i}"), label))
     return examples, names
 
 
@@ -208,8 +245,29 @@ DATASETS = {
     "sst2": "SST-2 from the Hugging Face hub (internet)",
     "rotten_tomatoes": "Rotten Tomatoes from the Hugging Face hub (internet)",
     "tweet_emotion": "dair-ai/emotion from the Hugging Face hub, sadness vs joy (internet)",
-    "local": "your own .jsonl/.csv: data.source, text_field, label_field, label_names",
+    "local": "your own .jsonl/.csv: data.source, text_field, label_field, label_names (named after the file)",
 }
+
+# The generation instruction's words per dataset (gradmm.baselines.instruction): what one text is, and what a
+# text of class {label} is. Other datasets: "text" and GENERIC_DESCRIPTION unless data.domain/description say.
+DOMAINS = {"rtpolarity": "movie review", "imdb": "movie review", "sst2": "movie review",
+           "rotten_tomatoes": "movie review", "tweets": "tweet", "tweet_emotion": "tweet"}
+DESCRIPTIONS = {"tweet_emotion": "expressing {label}"}  # the other built-in datasets are about sentiment
+SENTIMENT_DESCRIPTION = "with {label} sentiment"
+GENERIC_DESCRIPTION = 'in the category "{label}"'
+
+
+def default_wording(name: str) -> tuple[str, str]:
+    """(domain, description) of a dataset by name: its own for the built-in ones, generic for others."""
+    if name in DATASETS and name != "local":
+        return DOMAINS.get(name, "text"), DESCRIPTIONS.get(name, SENTIMENT_DESCRIPTION)
+    return "text", GENERIC_DESCRIPTION
+
+
+def check_description(description: str) -> None:
+    if description.count("{label}") != 1 or "{" in description.replace("{label}", ""):
+        raise ValueError(f"data.description {description!r} must hold {{label}} once (and no other braces), "
+                         'e.g. "about {label}" or "with {label} sentiment"')
 
 
 def check_dataset_name(name: str) -> None:
@@ -260,21 +318,33 @@ def resolve_template(cfg: DataConfig, n_classes: int) -> Template:
     if len(words) != n_classes:
         raise ValueError(f"template {cfg.template!r} has {len(words)} label words {list(words)} for "
                          f"{n_classes} classes: set data.label_words, one per class")
-    return Template(base.format, words)
+    return Template(base.format, words, cfg.max_text_tokens)
 
 
 @dataclass
 class Task:
     name: str
     class_names: list[str]
-    template: Template
+    template: Template  # with the truncation limit, template.max_text_tokens
     pool: list[Example]  # the only real examples the generator sees
     dev: list[Example]
     test: list[Example]
+    domain: str | None = None  # what one text is ("tweet"); None: the dataset's own (default_wording)
+    description: str | None = None  # a text of class {label} ("with {label} sentiment"); None: the dataset's own
+
+    def __post_init__(self):
+        domain, description = default_wording(self.name)
+        self.domain = self.domain or domain
+        self.description = self.description or description
+        check_description(self.description)
 
     @property
     def n_classes(self) -> int:
         return len(self.class_names)
+
+    @property
+    def max_text_tokens(self) -> int:
+        return self.template.max_text_tokens
 
 
 def stratified_splits(examples: list[Example], n_classes: int, sizes: dict[str, int], seed: int,
@@ -304,8 +374,16 @@ def load_task(cfg: DataConfig) -> Task:
     for key in ("pool_per_class", "dev_per_class", "test_per_class"):
         if getattr(cfg, key) < 1:
             raise ValueError(f"data.{key} must be ≥ 1, got {getattr(cfg, key)}")
+    if not isinstance(cfg.max_text_tokens, int) or cfg.max_text_tokens < 1:
+        raise ValueError(f"data.max_text_tokens must be an integer ≥ 1, got {cfg.max_text_tokens!r}")
+    if cfg.name and cfg.dataset != "local":
+        raise ValueError(f"data.name {cfg.name!r} names a local dataset; {cfg.dataset!r} is named by itself")
+    if cfg.description:
+        check_description(cfg.description)  # before the data is read
+    name = local_name(cfg) if cfg.dataset == "local" else cfg.dataset
     examples, names = load_examples(cfg)
     template = resolve_template(cfg, len(names))
     sizes = {"pool": cfg.pool_per_class, "dev": cfg.dev_per_class, "test": cfg.test_per_class}
     splits = stratified_splits(examples, len(names), sizes, cfg.split_seed, names)
-    return Task(cfg.dataset, names, template, splits["pool"], splits["dev"], splits["test"])
+    return Task(name, names, template, splits["pool"], splits["dev"], splits["test"], cfg.domain or None,
+                cfg.description or None)

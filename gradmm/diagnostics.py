@@ -7,14 +7,12 @@ length. Several disjoint sets of each kind give a spread (bootstrap-free: the se
 """
 
 import random
-from pathlib import Path
 
 import torch
 
 from gradmm.data import Task
 from gradmm.matching import class_targets, cosine_distance_to_target
 from gradmm.projection import allowed_token_mask
-from gradmm.records import read_jsonl
 
 
 def _sets(texts: list[str], size: int, n_sets: int, seed: int) -> list[list[str]]:
@@ -63,10 +61,6 @@ def format_distances(rows: list[dict]) -> str:
         cells = [f"{row[k]['mean']:.4f} ± {row[k]['std']:.4f} ({row[k]['n_sets']})" if k in row else "–" for k in kinds]
         lines.append(f"| {row['class']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-def load_synthetic(path: Path) -> list[dict]:
-    return read_jsonl(path) if Path(path).is_file() else []
 
 
 def bootstrap_ci(values: list[float], n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> list[float]:

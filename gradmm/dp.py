@@ -19,6 +19,7 @@ the synthetic length taken from real lengths, and hyper-parameter selection on r
 
 import dataclasses
 import math
+import secrets
 import warnings
 
 import torch
@@ -145,21 +146,28 @@ def clip_target(target: Target, clip_norm: float) -> Target:
     return dataclasses.replace(target, weight=target.weight * factor)
 
 
+def noise_generator(seed: int | None = None) -> torch.Generator:
+    """The CPU generator the DP noise is drawn from: seeded from OS entropy (`secrets`), never stored, unless a
+    seed is given, which makes the noise reproducible and so not private (tests only)."""
+    return torch.Generator().manual_seed(secrets.randbits(64) if seed is None else seed)
+
+
 def noisy_target(target: Target, epsilon: float, delta: float, clip_norm: float = 1.0,
-                 mechanism: str = "analytic", relation: str = "zero_out", seed: int = 0) -> tuple[Target, float]:
+                 mechanism: str = "analytic", relation: str = "zero_out",
+                 generator: torch.Generator | None = None) -> tuple[Target, float]:
     """(clipped target + N(0, σ² I) on W and b, SNR = ‖clean clipped target‖ / ‖noise‖).
 
     σ = MECHANISMS[mechanism](ε, δ, sensitivity(C, n, relation)). The noise is drawn once, on the CPU from
-    a torch.Generator seeded with `seed` (identical on every device), in float32, then moved to the
-    target's device. The SNR is the number to report (spec 6): with SmolLM2 (V·d ≈ 2.8e7) and the paper's
-    ε = 0.05, n = 50, C = 1 it is of order 1e-4: the target is essentially pure noise.
+    `generator` (default: a fresh one seeded from OS entropy, see `noise_generator`), in float32, then moved
+    to the target's device. The SNR is the number to report (spec 6): with SmolLM2 (V·d ≈ 2.8e7) and the
+    paper's ε = 0.05, n = 50, C = 1 it is of order 1e-4: the target is essentially pure noise.
     """
     if mechanism not in MECHANISMS:
         raise ValueError(f"mechanism {mechanism!r}: use one of {sorted(MECHANISMS)}")
     _check(epsilon, delta)
     clipped = clip_target(target, clip_norm)
     sigma = MECHANISMS[mechanism](epsilon, delta, sensitivity(clip_norm, clipped.n, relation))
-    gen = torch.Generator().manual_seed(seed)
+    gen = noise_generator() if generator is None else generator
     V, d = clipped.R.shape[1], clipped.H.shape[1]
     noise_W = (sigma * torch.randn(V, d, generator=gen)).to(clipped.R.device)
     noise_b = (sigma * torch.randn(V, generator=gen)).to(clipped.R.device) if clipped.has_bias else None

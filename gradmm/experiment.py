@@ -13,12 +13,15 @@ the notebook call the functions here.
 """
 
 import json
+import logging
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from gradmm.data import Example, Task, Template
-from gradmm.records import read_jsonl, write_json, write_jsonl
+from gradmm.data import DEFAULT_MAX_TEXT_TOKENS, Example, Task, Template
+from gradmm.records import read_json, read_text_rows, write_json, write_jsonl
+
+log = logging.getLogger(__name__)
 
 # Generator variants: overrides of the generate / dp / filter sections (the faithful settings are the
 # defaults). The issue-9 variants (a–g) are measured against each other in gradmm.study.
@@ -161,9 +164,14 @@ def evaluate_method(method: str, rows: list[dict], model, tokenizer, task: Task,
 
     start = time.perf_counter()
     train = [Example(r["text"], int(r["label"])) for r in rows]
-    if method in NO_FINETUNING or not train:
-        # An empty training set (a filter that kept nothing) leaves the model as it is: it is scored as such
-        # and the result says so (n_train = 0), rather than failing the whole pipeline.
+    if method not in NO_FINETUNING and not train:
+        # A filter that kept nothing: no fine-tuned model, so no accuracy. The result says so (accuracy null,
+        # empty_trainset) and the reports flag the cell, rather than failing a whole sweep or reporting the
+        # base model's accuracy as the method's.
+        log.warning("%s: the training set is empty (the filter kept nothing): no accuracy to report", method)
+        result = {"test_accuracy": None, "test_prediction_shares": None, "dev_accuracy": None, "n_train": 0,
+                  "finetuned": False, "empty_trainset": True}
+    elif method in NO_FINETUNING:
         preds = predict(model, tokenizer, [ex.text for ex in task.test], task.template, train,
                         batch_size=finetune_cfg.eval_batch_size, progress=progress, desc=f"{method} test")
         result = {"test_accuracy": accuracy(preds, task.test),
@@ -182,10 +190,12 @@ def task_from_dir(folder: Path) -> Task:
     folder = Path(folder)
     if not (folder / "meta.json").is_file():
         raise FileNotFoundError(f"{folder} holds no prepared task (meta.json): run `gradmm prepare` first")
-    meta = json.loads((folder / "meta.json").read_text())
-    split = {s: [Example(r["text"], r["label"]) for r in read_jsonl(folder / f"{s}.jsonl")] for s in ("pool", "dev", "test")}
-    return Task(meta["name"], meta["class_names"], Template(meta["template"], tuple(meta["label_words"])),
-                split["pool"], split["dev"], split["test"])
+    meta = read_json(folder / "meta.json")
+    split = {s: [Example(r["text"], r["label"]) for r in read_text_rows(folder / f"{s}.jsonl")] for s in ("pool", "dev", "test")}
+    # Tasks prepared before domain, description and max_text_tokens were recorded get the dataset's defaults.
+    template = Template(meta["template"], tuple(meta["label_words"]), meta.get("max_text_tokens", DEFAULT_MAX_TEXT_TOKENS))
+    return Task(meta["name"], meta["class_names"], template, split["pool"], split["dev"], split["test"],
+                meta.get("domain"), meta.get("description"))
 
 
 def write_task(task: Task, folder: Path) -> None:
@@ -194,4 +204,6 @@ def write_task(task: Task, folder: Path) -> None:
         write_jsonl(folder / f"{s}.jsonl", [{"text": ex.text, "label": ex.label} for ex in getattr(task, s)])
     write_json(folder / "meta.json", {"name": task.name, "class_names": task.class_names,
                                       "template": task.template.format, "label_words": list(task.template.label_words),
+                                      "max_text_tokens": task.max_text_tokens, "domain": task.domain,
+                                      "description": task.description,
                                       "sizes": {s: len(getattr(task, s)) for s in ("pool", "dev", "test")}})

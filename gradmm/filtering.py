@@ -5,6 +5,10 @@
 3. per class, rank by match loss + α·log-perplexity and keep the best `n_per_class`;
 4. class balance: every class is cut to the smallest class's count.
 
+A class left with fewer than n_per_class texts is reported (a warning, and `short` in the stats); a set left
+empty (a class with no label-consistent text empties every class once balanced) is reported as `empty`, and
+fine-tuning then records no accuracy for it (gradmm.experiment.evaluate_method).
+
 Where this differs from the authors' code (spec 5, 14) and why:
 - the per-sample match loss is the one computed at generation time against the *same* target the texts were
   generated for (the authors recompute it from 20 real examples, and without DP noise even in DP runs);
@@ -14,10 +18,13 @@ Where this differs from the authors' code (spec 5, 14) and why:
 - no regex clean-up of Phi artefacts ("You", "Exercise", digit pairs): the projection emits word tokens only.
 """
 
+import logging
 from dataclasses import dataclass
 
 from gradmm.data import Example, Task, TEMPLATES, Template, deduplicate
-from gradmm.scoring import predict, sample_demos
+from gradmm.scoring import first_label_ids, predict, sample_demos
+
+log = logging.getLogger(__name__)
 
 
 CLASSIFIERS = ("lm", "pool_logreg", "both")
@@ -27,7 +34,7 @@ CLASSIFIERS = ("lm", "pool_logreg", "both")
 class FilterConfig:
     n_per_class: int = 10  # the budget: texts per class in the final training set
     label_filter: bool = True  # drop texts the LM classifies as another class
-    label_template: str = "review"  # template the filter classifies with ("" = the task's own)
+    label_template: str = "review"  # template the filter classifies with ("" = the task's own; "review" is binary)
     label_shots: int = 4  # demonstrations per class from the pool (forced to 0 in DP runs)
     classifier: str = "lm"  # who checks labels: lm (in context, the paper) | pool_logreg | both (issue 9 f)
     rank: str = "score"  # score = match_loss + alpha·log_perplexity | none (generation order)
@@ -51,20 +58,26 @@ def check_config(cfg: FilterConfig) -> None:
 
 
 def label_template(task: Task, cfg: FilterConfig) -> Template:
+    """The template the label filter classifies with, cut to the task's max_text_tokens like the task's own."""
     if not cfg.label_template:
         return task.template
-    if cfg.label_template in TEMPLATES and len(TEMPLATES[cfg.label_template].label_words) == task.n_classes:
-        return TEMPLATES[cfg.label_template]
     if cfg.label_template in TEMPLATES:
-        raise ValueError(f"filter.label_template {cfg.label_template!r} has "
-                         f"{len(TEMPLATES[cfg.label_template].label_words)} label words for {task.n_classes} classes")
-    return Template(cfg.label_template, task.template.label_words)
+        named = TEMPLATES[cfg.label_template]
+        if len(named.label_words) != task.n_classes:
+            raise ValueError(f"filter.label_template {cfg.label_template!r} has {len(named.label_words)} label words "
+                             f"{list(named.label_words)} for {task.n_classes} classes {task.class_names}: set "
+                             "filter.label_template='' to classify with the task's own template (data.template, "
+                             "data.label_words), or a string holding {text}")
+        return Template(named.format, named.label_words, task.max_text_tokens)
+    return Template(cfg.label_template, task.template.label_words, task.max_text_tokens)
 
 
 def filter_rows(model, tokenizer, task: Task, rows: list[dict], cfg: FilterConfig, private: bool = False,
                 progress: bool = True) -> tuple[list[dict], dict]:
     """Apply the filter to raw rows (dicts with text, label, and for rank=score match_loss/log_perplexity)."""
     check_config(cfg)
+    first_label_ids(tokenizer, task.template)  # one token per label word: the ranking's match loss needs it
+    template = label_template(task, cfg) if cfg.label_filter else None  # fails before any scoring
     stats = {"raw": _counts(rows, task.n_classes)}
     keep = set(deduplicate([Example(r["text"], r["label"]) for r in rows]))
     rows = [r for r in rows if Example(r["text"], r["label"]) in keep and len(r["text"].split()) >= 2]
@@ -75,7 +88,7 @@ def filter_rows(model, tokenizer, task: Task, rows: list[dict], cfg: FilterConfi
     if cfg.label_filter and rows and cfg.classifier in ("lm", "both"):
         shots = 0 if private else cfg.label_shots
         demos = sample_demos(task.pool, shots, task.n_classes, cfg.seed)
-        preds = predict(model, tokenizer, [r["text"] for r in rows], label_template(task, cfg), demos,
+        preds = predict(model, tokenizer, [r["text"] for r in rows], template, demos,
                         progress=progress, desc="label filter")
         rows = [r for r, p in zip(rows, preds.tolist()) if p == r["label"]]
         stats["label_consistent"] = _counts(rows, task.n_classes)
@@ -87,11 +100,19 @@ def filter_rows(model, tokenizer, task: Task, rows: list[dict], cfg: FilterConfi
     if cfg.rank == "score":
         by_class = [sorted(rs, key=lambda r: r["match_loss"] + cfg.alpha * r["log_perplexity"]) for rs in by_class]
     by_class = [rs[:cfg.n_per_class] for rs in by_class]
+    before_balance = by_class
     if cfg.balance:
         m = min(len(rs) for rs in by_class)
         by_class = [rs[:m] for rs in by_class]
     kept = [r for rs in by_class for r in rs]
     stats["kept"] = _counts(kept, task.n_classes)
+    stats["short"] = [name for name, k in zip(task.class_names, stats["kept"]) if k < cfg.n_per_class]
+    stats["empty"] = not kept
+    if stats["short"]:
+        none_passed = [name for name, rs in zip(task.class_names, before_balance) if not rs]
+        log.warning("filter: kept per class %s of n_per_class=%d%s%s", dict(zip(task.class_names, stats["kept"])),
+                    cfg.n_per_class, f"; no text of {none_passed} passed" if none_passed else "",
+                    " — the training set is EMPTY: its method gets no accuracy" if not kept else "")
     return kept, stats
 
 

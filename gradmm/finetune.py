@@ -1,16 +1,17 @@
 """Fine-tune a causal LM on labelled texts with the prompt-based classification loss; select the LR on dev.
 
 Protocol (spec section 7, scaled down): every run starts from a fresh copy of the base model, trains it with
-AdamW on `template.prompt(text)` -> cross-entropy over the logits of the C label words' first tokens at the
-last position, and is evaluated by `scoring.predict`. The learning rate is chosen on the DEV split only
+AdamW on `scoring.template_prompt(text)` (the text cut to the task's max_text_tokens) -> cross-entropy over
+the logits of the C label words (one token each: `scoring.first_label_ids`) at the last position, and is
+evaluated by `scoring.predict`. The learning rate is chosen on the DEV split only
 (ties go to the smaller LR); the TEST accuracy of that one model is what gets reported.
 
 Differences from the authors' script (`addax/run.py`, HF Trainer), and why:
 * Loss: the authors score each candidate by the length-normalised log-likelihood of all its option tokens
   and take the cross-entropy over candidates. For single-token label words (" great"/" bad", " positive"/
   " negative" with SmolLM2) that is exactly our loss: softmax over the candidates' log-probabilities equals
-  softmax over their raw logits (the log-partition cancels). For multi-token label words we use the first
-  token only, as the generator does (spec 3.2), so training and matching see the same quantity.
+  softmax over their raw logits (the log-partition cancels). Label words of several tokens are refused
+  (`first_label_ids`): a first-token loss would train another quantity than the one scoring averages.
 * Model selection: the authors pick the best of 4 checkpoints and the best LR by *test* accuracy (spec 14,
   item 19). We keep the final model of each run and pick the LR by dev accuracy.
 * Steps / batch / LRs: 200 steps of batch 16 with LR {7e-6, 1e-5, 1.5e-5} for Phi-1.5 (1.4B). A 135M model
@@ -34,7 +35,7 @@ from tqdm.auto import tqdm
 
 from gradmm.data import Example, Template
 from gradmm.models import last_hidden, output_head
-from gradmm.scoring import pad_left, accuracy, first_label_ids, predict, prediction_shares, prompt_ids
+from gradmm.scoring import pad_left, accuracy, first_label_ids, predict, prediction_shares, prompt_ids, template_prompt
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,6 @@ class FinetuneConfig:
     learning_rates: list[float] = field(default_factory=lambda: [2e-5, 5e-5, 1e-4])  # grid; best on dev
     steps: int = 20  # optimiser steps per run (feasibility: 20 steps of 8 ≈ 8 epochs over 20 texts)
     batch_size: int = 8  # capped at the training-set size (a batch never holds the same text twice)
-    max_tokens: int = 128  # prompts are truncated from the left: the template's suffix always survives
     weight_decay: float = 0.0  # HF Trainer default, as in the authors' script
     max_grad_norm: float = 1.0  # HF Trainer default clipping; 0 disables
     schedule: str = "linear"  # linear (decay to 0, no warm-up: HF default) | constant
@@ -58,9 +58,12 @@ class FinetuneConfig:
 def check_config(cfg: FinetuneConfig) -> None:
     if not cfg.learning_rates or any(lr <= 0 for lr in cfg.learning_rates):
         raise ValueError(f"finetune.learning_rates must be a non-empty list of positive LRs, got {cfg.learning_rates}")
-    for key in ("steps", "batch_size", "max_tokens", "eval_batch_size"):
+    for key in ("steps", "batch_size", "eval_batch_size", "lora_r", "lora_alpha"):
         if getattr(cfg, key) < 1:
             raise ValueError(f"finetune.{key} must be ≥ 1, got {getattr(cfg, key)}")
+    for key in ("weight_decay", "max_grad_norm"):  # max_grad_norm 0 = no clipping
+        if not getattr(cfg, key) >= 0:
+            raise ValueError(f"finetune.{key} must be ≥ 0, got {getattr(cfg, key)}")
     if cfg.schedule not in ("linear", "constant"):
         raise ValueError(f"finetune.schedule {cfg.schedule!r}: use 'linear' or 'constant'")
 
@@ -101,11 +104,10 @@ def batch_order(n: int, steps: int, batch_size: int, seed: int) -> list[list[int
     return batches
 
 
-def label_logits(model, tokenizer, texts: list[str], template: Template, label_ids: list[int],
-                 max_tokens: int = 128) -> torch.Tensor:
-    """(B, C) logits of the label words' first tokens at the last position of each prompt (differentiable)."""
+def label_logits(model, tokenizer, texts: list[str], template: Template, label_ids: list[int]) -> torch.Tensor:
+    """(B, C) logits of the label words' tokens at the last position of each prompt (differentiable)."""
     device = next(model.parameters()).device
-    seqs = [prompt_ids(tokenizer, template.prompt(t), max_tokens) for t in texts]
+    seqs = [prompt_ids(tokenizer, template_prompt(tokenizer, template, t)) for t in texts]
     ids, mask = pad_left(seqs, tokenizer.pad_token_id, device)
     h = last_hidden(model, input_ids=ids, attention_mask=mask)
     W, b = output_head(model)
@@ -113,9 +115,9 @@ def label_logits(model, tokenizer, texts: list[str], template: Template, label_i
     return F.linear(h, W[rows], None if b is None else b[rows]).float()  # only C rows of the head
 
 
-def classification_loss(model, tokenizer, examples: list[Example], template: Template, label_ids: list[int],
-                        max_tokens: int = 128) -> torch.Tensor:
-    logits = label_logits(model, tokenizer, [ex.text for ex in examples], template, label_ids, max_tokens)
+def classification_loss(model, tokenizer, examples: list[Example], template: Template,
+                        label_ids: list[int]) -> torch.Tensor:
+    logits = label_logits(model, tokenizer, [ex.text for ex in examples], template, label_ids)
     target = torch.tensor([ex.label for ex in examples], device=logits.device)
     return F.cross_entropy(logits, target)
 
@@ -152,7 +154,7 @@ def train_copy(base_model, tokenizer, train: list[Example], template: Template, 
     bar = tqdm(batch_order(len(train), cfg.steps, cfg.batch_size, seed), desc=f"fine-tune lr={lr:g}",
                disable=not progress, leave=False)
     for batch in bar:
-        loss = classification_loss(model, tokenizer, [train[i] for i in batch], template, label_ids, cfg.max_tokens)
+        loss = classification_loss(model, tokenizer, [train[i] for i in batch], template, label_ids)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.max_grad_norm > 0:
@@ -170,7 +172,7 @@ def train_copy(base_model, tokenizer, train: list[Example], template: Template, 
 def _evaluate(model, tokenizer, rows: list[Example], template: Template, cfg: FinetuneConfig, progress: bool,
               desc: str) -> tuple[float, torch.Tensor]:
     preds = predict(model, tokenizer, [ex.text for ex in rows], template, batch_size=cfg.eval_batch_size,
-                    max_tokens=cfg.max_tokens, progress=progress, desc=desc)
+                    progress=progress, desc=desc)
     return accuracy(preds, rows), preds
 
 
@@ -182,6 +184,7 @@ def finetune_and_evaluate(base_model, tokenizer, train: list[Example], task, cfg
     """
     check_config(cfg)
     start = time.perf_counter()
+    first_label_ids(tokenizer, task.template)  # label words of one token each, before any training
     missing = check_train_set(train, task.n_classes, task.class_names)
     if not task.dev or not task.test:
         raise ValueError(f"task {task.name!r} needs non-empty dev (model selection) and test (reporting) splits")

@@ -27,7 +27,7 @@ from torch import Tensor
 
 from gradmm.data import Example, Template
 from gradmm.models import last_hidden, output_head
-from gradmm.scoring import first_label_ids, pad_left, prompt_ids
+from gradmm.scoring import first_label_ids, pad_left, prompt_ids, template_prompt
 
 # Gram products are accumulated in float64: the cosines of interest sit near 1 (distances of 0.005–0.02
 # between real sets), and float32 sums over V = 49k terms lose the digits that tell them apart.
@@ -52,7 +52,7 @@ class Target:
     has_bias: bool  # match the bias gradient too (untied Phi-style heads)
     weight: Tensor | None = None  # (n,) per-example scale; None = all ones
     center: Tensor | None = None  # (d,) subtracted from every hidden state, real and synthetic alike
-    noise_W: Tensor | None = None  # (V, d) Gaussian DP noise, drawn once
+    noise_W: Tensor | None = None  # (V, d) Gaussian DP noise, drawn once (or a whole DP release: `released`)
     noise_b: Tensor | None = None  # (V,) present iff noise_W is and the head has a bias
     sigma: float = 0.0  # the noise's per-coordinate standard deviation (for logs)
     # Derived once in __post_init__ (dataclasses.replace recomputes them).
@@ -84,6 +84,15 @@ class Target:
             self.sq_norm_W = (s_W + 2 * cross + self.noise_W.to(GRAM_DTYPE).square().sum()).item()
         self.G_b = s_b if self.noise_b is None else s_b + self.noise_b.to(GRAM_DTYPE)
         self.sq_norm_b = (self.G_b @ self.G_b).item() if self.has_bias else 0.0
+
+    @classmethod
+    def released(cls, G_W: Tensor, G_b: Tensor | None, label_id: int, has_bias: bool, sigma: float) -> "Target":
+        """A target known only as its dense matrices (a DP release read back): no per-example factors, the
+        whole target in the dense term."""
+        V, d = G_W.shape
+        zeros = G_W.new_zeros
+        return cls(R=zeros(1, V), H=zeros(1, d), label_id=label_id, has_bias=has_bias, weight=zeros(1),
+                   noise_W=G_W, noise_b=G_b if has_bias else None, sigma=sigma)
 
     @property
     def n(self) -> int:
@@ -176,17 +185,18 @@ def head_logits(model, h: Tensor) -> Tensor:
 
 @torch.no_grad()
 def hidden_and_logits(model, tokenizer, texts: list[str], template: Template, batch_size: int = 16,
-                      max_tokens: int = 256) -> tuple[Tensor, Tensor]:
+                      max_tokens: int | None = None) -> tuple[Tensor, Tensor]:
     """(H (N, d), logits (N, V)) at the last position of template.prompt(text), float32, batched.
 
     Left padding puts every last position at the end; `last_hidden` passes explicit position ids so a padded
     row gives the same h as the unpadded sequence (the official code ran one sequence at a time).
-    Over-long prompts keep their last `max_tokens` tokens (the prompt suffix must survive).
+    Each text is cut to the template's max_text_tokens (scoring.template_prompt, as in scoring and fine-tuning);
+    max_tokens, if given, also cuts the whole prompt from the left.
     """
     if not texts:
         raise ValueError("no texts given")
     device = next(model.parameters()).device
-    encoded = [prompt_ids(tokenizer, template.prompt(t), max_tokens) for t in texts]
+    encoded = [prompt_ids(tokenizer, template_prompt(tokenizer, template, t), max_tokens) for t in texts]
     order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))  # similar lengths share a batch
     H = torch.empty(len(texts), model.config.hidden_size, device=device)
     logits = None
@@ -202,7 +212,7 @@ def hidden_and_logits(model, tokenizer, texts: list[str], template: Template, ba
 
 
 def head_grads(model, tokenizer, texts: list[str], template: Template, label: int, batch_size: int = 16,
-               max_tokens: int = 256) -> tuple[Tensor, Tensor]:
+               max_tokens: int | None = None) -> tuple[Tensor, Tensor]:
     """Per-example head gradients of texts for class `label`, factored: (R (N, V), H (N, d)), g_j = r_j h_jᵀ."""
     y = first_label_ids(tokenizer, template)[label]
     H, logits = hidden_and_logits(model, tokenizer, texts, template, batch_size, max_tokens)
@@ -219,7 +229,7 @@ def _resolve_center(center: Tensor | str | None, H_pool: Tensor) -> Tensor | Non
 
 
 def class_targets(model, tokenizer, examples: list[Example], template: Template, batch_size: int = 16,
-                  max_tokens: int = 256, center: Tensor | str | None = None) -> list[Target]:
+                  max_tokens: int | None = None, center: Tensor | str | None = None) -> list[Target]:
     """One Target per class: the average per-example head gradient of that class's real examples (spec 3.3).
 
     center: None (the paper), a (d,) vector, or "pool" = the mean final hidden state over *all* given
@@ -242,7 +252,7 @@ def class_targets(model, tokenizer, examples: list[Example], template: Template,
 
 
 def joint_target(model, tokenizer, examples: list[Example], template: Template, batch_size: int = 16,
-                 max_tokens: int = 256, center: Tensor | str | None = None) -> Target:
+                 max_tokens: int | None = None, center: Tensor | str | None = None) -> Target:
     """The average head gradient of all examples, each for its own label (issue 9 c): the gradient that
     fine-tuning on them takes, G* = (1/n) Σ_j (p_j − e_{y_j}) h_jᵀ. Its `label_id` is −1: a synthetic batch
     matched against it carries one label per row (`JointProblem`). `center` as in `class_targets`."""
@@ -257,7 +267,7 @@ def joint_target(model, tokenizer, examples: list[Example], template: Template, 
 
 
 def cosine_distance_to_target(model, tokenizer, texts: list[str], template: Template, target: Target,
-                              per_sample: bool = False, batch_size: int = 16, max_tokens: int = 256) -> Tensor:
+                              per_sample: bool = False, batch_size: int = 16, max_tokens: int | None = None) -> Tensor:
     """Match loss of real or synthetic texts against a target, labelled with the target's label token.
 
     per_sample=False: one scalar for the set's mean gradient (how well the set matches, as a batch);

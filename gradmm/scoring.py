@@ -22,16 +22,40 @@ def label_token_ids(tokenizer, template: Template) -> list[list[int]]:
 
 
 def first_label_ids(tokenizer, template: Template) -> list[int]:
-    """The first token of each label word (the paper matches and fine-tunes on that token)."""
-    ids = [t[0] for t in label_token_ids(tokenizer, template)]
-    if len(set(ids)) < len(ids):
-        raise ValueError(f"label words {list(template.label_words)} share their first token: {ids}")
-    return ids
+    """The token of each label word: generation matches, the filter ranks and fine-tuning trains on one token
+    per class, so a label word of several tokens is refused (in-context scoring alone averages them)."""
+    ids = label_token_ids(tokenizer, template)
+    long = {w: t for w, t in zip(template.label_words, ids) if len(t) > 1}
+    if long:
+        shown = "; ".join(f"{w!r} is {len(t)} tokens {tokenizer.convert_ids_to_tokens(t)}" for w, t in long.items())
+        raise ValueError(f"label words must be one token each for generate, filter and finetune: {shown}. "
+                         "Set data.label_words to single-token words (a leading space usually helps, e.g. ' sports')")
+    return [t[0] for t in ids]
 
 
-def few_shot_prefix(demos: list[Example], template: Template) -> str:
-    """In-context demonstrations, each the filled template followed by its label word."""
-    return "".join(template.prompt(d.text) + template.label_words[d.label] + "\n\n" for d in demos)
+def text_head(tokenizer, text: str, max_tokens: int) -> str:
+    """The text cut to its first max_tokens tokens (its head: a headline, a first sentence); the text itself,
+    character for character, when it is not longer."""
+    fast = getattr(tokenizer, "is_fast", False)  # only fast tokenizers give character offsets
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=fast)
+    if len(enc.input_ids) <= max_tokens:
+        return text
+    if not fast:
+        return tokenizer.decode(enc.input_ids[:max_tokens]).rstrip()
+    return text[:enc.offset_mapping[max_tokens - 1][1]].rstrip()
+
+
+def template_prompt(tokenizer, template: Template, text: str) -> str:
+    """template.prompt of the text's head: the one truncation scoring, matching and fine-tuning share; the
+    prompt around the text (the suffix the label word follows) is never cut."""
+    return template.prompt(text_head(tokenizer, text, template.max_text_tokens))
+
+
+def few_shot_prefix(demos: list[Example], template: Template, tokenizer=None) -> str:
+    """In-context demonstrations, each the filled template followed by its label word (with a tokenizer,
+    each demonstration cut as template_prompt cuts it)."""
+    fill = template.prompt if tokenizer is None else (lambda text: template_prompt(tokenizer, template, text))
+    return "".join(fill(d.text) + template.label_words[d.label] + "\n\n" for d in demos)
 
 
 def sample_demos(pool: list[Example], shots_per_class: int, n_classes: int, seed: int) -> list[Example]:
@@ -75,10 +99,16 @@ def prompt_ids(tokenizer, prompt: str, max_tokens: int | None = None) -> list[in
     return bos + ids
 
 
+# An in-context prompt keeps its last 512 tokens: its first demonstrations drop out, its own text (already cut
+# to the task's max_text_tokens) and the prompt's end survive.
+IN_CONTEXT_TOKENS = 512
+
+
 @torch.no_grad()
 def class_log_likelihoods(model, tokenizer, prompts: list[str], template: Template, batch_size: int = 16,
-                          max_tokens: int = 512, progress: bool = True, desc: str = "scoring") -> torch.Tensor:
-    """(N, C): length-normalised log-likelihood of each label word after each prompt."""
+                          max_tokens: int | None = None, progress: bool = True, desc: str = "scoring") -> torch.Tensor:
+    """(N, C): length-normalised log-likelihood of each label word after each (already built) prompt; a
+    prompt longer than max_tokens keeps its last max_tokens tokens."""
     labels = label_token_ids(tokenizer, template)
     single = all(len(t) == 1 for t in labels)
     device = next(model.parameters()).device
@@ -104,8 +134,11 @@ def class_log_likelihoods(model, tokenizer, prompts: list[str], template: Templa
 
 
 def predict(model, tokenizer, texts: list[str], template: Template, demos: list[Example] = (), **kw) -> torch.Tensor:
-    prefix = few_shot_prefix(list(demos), template)
-    prompts = [prefix + template.prompt(t) for t in texts]
+    """The class of each text: its label word scored highest after template_prompt (after the demonstrations)."""
+    prefix = few_shot_prefix(list(demos), template, tokenizer)
+    prompts = [prefix + template_prompt(tokenizer, template, t) for t in texts]
+    if demos:
+        kw.setdefault("max_tokens", IN_CONTEXT_TOKENS)
     return class_log_likelihoods(model, tokenizer, prompts, template, **kw).argmax(-1)
 
 

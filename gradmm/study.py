@@ -23,9 +23,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from gradmm.config import as_dict, config_hash
-from gradmm.records import read_jsonl, write_json, write_jsonl, write_text
-from gradmm.worksharing import file_lock, shared_loop
+from gradmm.config import as_dict, build, config_hash
+from gradmm.records import read_jsonl, write_json, write_jsonl
+from gradmm.worksharing import claimed_run_dir, file_lock, shared_loop
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ def screen_config(cfg: StudyConfig) -> StudyConfig:
     bad = [k for k in cfg.screen if k not in SCREEN_KEYS]
     if bad:
         raise ValueError(f"study.screen keys {bad} unknown: use {list(SCREEN_KEYS)}")
-    return StudyConfig(**{**as_dict(cfg), **cfg.screen, "screen": {}})
+    return build(StudyConfig, {**as_dict(cfg), **cfg.screen, "screen": {}}, "study")  # type- and range-checked
 
 
 def check_study(cfg: StudyConfig) -> None:
@@ -101,14 +101,6 @@ def cell_experiment_keys(exp_cfg) -> dict:
     return {k: v for k, v in as_dict(exp_cfg).items() if k in ("llm_shots", "coreset_features")}
 
 
-def _guard_cell(out: Path, params: dict) -> None:
-    from gradmm.generate import guard_run_dir
-
-    guard_run_dir(out, params, archive_stale=True)
-    out.mkdir(parents=True, exist_ok=True)
-    write_text(out / "run_config.json", json.dumps(params, indent=2, sort_keys=True) + "\n")
-
-
 def run_cell(task, method: str, cfg: StudyConfig, params_file: str, model_cfg, finetune_cfg, filter_cfg,
              exp_cfg, out: Path, overrides: list[str] = (), progress: bool = True) -> list[dict]:
     """Run (or resume) one dataset × method cell; returns every result of the cell."""
@@ -137,56 +129,57 @@ def run_cell(task, method: str, cfg: StudyConfig, params_file: str, model_cfg, f
     params = {"task": task_fingerprint(task), "method": method, "study": study_keys, "model": as_dict(model_cfg),
               "finetune": as_dict(finetune_cfg), "filter": as_dict(filter_cfg), "experiment": cell_experiment_keys(exp_cfg),
               "variant": {g: [as_dict(c) for c in v] for g, v in gens.items()}}
-    _guard_cell(out, params)
-    model, tok = load_model(model_cfg.name, model_cfg.device, model_cfg.dtype)
-    per_seed_sets = method in ("random_real", "herding", "kcenter")
-    runs = [(n, g, s) for n in cfg.n_per_class for g in cfg.generation_seeds
-            for s in (cfg.seeds[:1] if method == "zero_shot" else cfg.seeds)]  # zero-shot is deterministic: one run
+    with claimed_run_dir(out, params, archive_stale=True):  # held until every run of the cell is done
+        model, tok = load_model(model_cfg.name, model_cfg.device, model_cfg.dtype)
+        per_seed_sets = method in ("random_real", "herding", "kcenter")
+        runs = [(n, g, s) for n in cfg.n_per_class for g in cfg.generation_seeds
+                for s in (cfg.seeds[:1] if method == "zero_shot" else cfg.seeds)]  # zero-shot is deterministic: one run
 
-    def result_path(run):
-        n, g, s = run
-        return out / f"result-n{n}-g{g}-s{s}.json"
+        def result_path(run):
+            n, g, s = run
+            return out / f"result-n{n}-g{g}-s{s}.json"
 
-    def make_set(set_path: Path, n: int, g: int, s: int, metrics: dict | None) -> None:
-        if method in GENERATORS:
-            gen, dp, fcfg = gens[g]
-            raw = read_jsonl(out / f"generated-g{g}" / "raw.jsonl")
-            fcfg.n_per_class = n
-            rows, info = filter_rows(model, tok, task, raw, fcfg, private=dp.enabled, progress=progress)
-            info = {"filter": info, "generate_metrics": metrics}
-            diag = out / f"diagnostics-g{g}.json"
-            if not diag.is_file():
-                write_json(diag, variant_diagnostics(model, tok, task, gen, raw, cfg.diagnostics_sets))
-        else:
-            exp = type(exp_cfg)(**{**as_dict(exp_cfg), "n_per_class": n, "llm_raw_per_class": cfg.raw_per_class})
-            fcfg = FilterConfig(**{**as_dict(filter_cfg), "n_per_class": n})
-            rows, info = baseline_trainset(method, model, tok, task, exp, s if per_seed_sets else g, fcfg,
-                                           progress=progress)
-        write_json(set_path.with_suffix(".info.json"), info)
-        write_jsonl(set_path, rows)  # last: its presence means the set is complete
+        def make_set(set_path: Path, n: int, g: int, s: int, metrics: dict | None) -> None:
+            if method in GENERATORS:
+                gen, dp, fcfg = gens[g]
+                raw = read_jsonl(out / f"generated-g{g}" / "raw.jsonl")
+                fcfg.n_per_class = n
+                rows, info = filter_rows(model, tok, task, raw, fcfg, private=dp.enabled, progress=progress)
+                info = {"filter": info, "generate_metrics": metrics}
+                diag = out / f"diagnostics-g{g}.json"
+                if not diag.is_file():
+                    write_json(diag, variant_diagnostics(model, tok, task, gen, raw, cfg.diagnostics_sets))
+            else:
+                exp = type(exp_cfg)(**{**as_dict(exp_cfg), "n_per_class": n, "llm_raw_per_class": cfg.raw_per_class})
+                fcfg = FilterConfig(**{**as_dict(filter_cfg), "n_per_class": n})
+                rows, info = baseline_trainset(method, model, tok, task, exp, s if per_seed_sets else g, fcfg,
+                                               progress=progress)
+            write_json(set_path.with_suffix(".info.json"), info)
+            write_jsonl(set_path, rows)  # last: its presence means the set is complete
 
-    def run_one(run):
-        n, g, s = run
-        set_path = out / (f"trainset-n{n}-s{s}.jsonl" if per_seed_sets else f"trainset-n{n}-g{g}.jsonl")
-        metrics = None
-        if method in GENERATORS and not set_path.is_file():  # outside the set's lock: workers share the batches
-            gen, dp, _ = gens[g]
-            metrics = generate(task, model_cfg, gen, dp, out / f"generated-g{g}", progress=progress, archive_stale=True)
-        with file_lock(out / ".locks" / set_path.name):  # runs of other seeds share a generated set
-            if not set_path.is_file():
-                make_set(set_path, n, g, s, metrics)
-        rows = read_jsonl(set_path)
-        result = evaluate_method(method, rows, model, tok, task, finetune_cfg, s, progress)
-        result.update(dataset=task.name, model=model_cfg.name, n_per_class=n, generation_seed=g,
-                      train_file=set_path.name, params_hash=config_hash(finetune_cfg))
-        write_json(result_path(run), result)
-        log.info("%s %s n=%d g=%d s=%d: test %.3f dev %s", task.name, method, n, g, s, result["test_accuracy"],
-                 result.get("dev_accuracy"))
+        def run_one(run):
+            n, g, s = run
+            set_path = out / (f"trainset-n{n}-s{s}.jsonl" if per_seed_sets else f"trainset-n{n}-g{g}.jsonl")
+            metrics = None
+            if method in GENERATORS and not set_path.is_file():  # outside the set's lock: workers share the batches
+                gen, dp, _ = gens[g]
+                metrics = generate(task, model_cfg, gen, dp, out / f"generated-g{g}", progress=progress, archive_stale=True)
+            with file_lock(out / ".locks" / set_path.name):  # runs of other seeds share a generated set
+                if not set_path.is_file():
+                    make_set(set_path, n, g, s, metrics)
+            rows = read_jsonl(set_path)
+            result = evaluate_method(method, rows, model, tok, task, finetune_cfg, s, progress)
+            result.update(dataset=task.name, model=model_cfg.name, n_per_class=n, generation_seed=g,
+                          train_file=set_path.name, params_hash=config_hash(finetune_cfg))
+            write_json(result_path(run), result)
+            log.info("%s %s n=%d g=%d s=%d: test %s dev %s", task.name, method, n, g, s,
+                     "EMPTY training set" if result.get("empty_trainset") else f"{result['test_accuracy']:.3f}",
+                     result.get("dev_accuracy"))
 
-    # Processes started with the same cell share its runs (gradmm.worksharing); a finished one is never redone.
-    shared_loop(runs, lambda run: out / ".locks" / result_path(run).name, lambda run: result_path(run).is_file(), run_one)
-    results = [json.loads(result_path(run).read_text()) for run in runs]
-    return results
+        # Processes started with the same cell share its runs (gradmm.worksharing); a finished one is never redone.
+        shared_loop(runs, lambda run: out / ".locks" / result_path(run).name, lambda run: result_path(run).is_file(), run_one)
+        results = [json.loads(result_path(run).read_text()) for run in runs]
+        return results
 
 
 def variant_diagnostics(model, tokenizer, task, gen, raw: list[dict], n_sets: int = 5, set_size: int = 10,
@@ -259,7 +252,8 @@ def collect(study_dir: str | Path = "studies/variants") -> "pd.DataFrame":
                      "n_per_class": r["n_per_class"], "generation_seed": r["generation_seed"], "seed": r["seed"],
                      "accuracy": r["test_accuracy"], "dev_accuracy": r.get("dev_accuracy"),
                      "best_lr": r.get("best_lr"), "majority_share": max(shares) if shares else None,
-                     "n_train": r.get("n_train"), "wall_seconds": round(r.get("wall_seconds", 0.0), 1)})
+                     "n_train": r.get("n_train"), "wall_seconds": round(r.get("wall_seconds", 0.0), 1),
+                     "empty_trainset": bool(r.get("empty_trainset"))})
     return pd.DataFrame(rows)
 
 
@@ -296,8 +290,10 @@ def health(study_dir: str | Path = "studies/variants") -> "pd.DataFrame":
 
 def summary(df: "pd.DataFrame") -> "pd.DataFrame":
     """Mean ± std of test accuracy per (dataset, n, method), beside dev accuracy and the majority-class share."""
+    df = df.assign(empty_trainset=df["empty_trainset"] if "empty_trainset" in df else False)  # older collect() frames
     g = df.groupby(["dataset", "model", "n_per_class", "method"])
     return g.agg(runs=("accuracy", "size"), mean=("accuracy", "mean"), std=("accuracy", "std"),
+                 empty_runs=("empty_trainset", "sum"),
                  dev_mean=("dev_accuracy", "mean"), majority_share=("majority_share", "mean"),
                  n_train=("n_train", "mean"), wall_seconds=("wall_seconds", "mean")).reset_index().sort_values(
         ["dataset", "n_per_class", "dev_mean"], ascending=[True, True, False])
@@ -341,7 +337,8 @@ def panel_table(summ: "pd.DataFrame") -> list[str]:
     from gradmm.report import format_accuracy, ordered_methods
 
     panels = sorted({(r.dataset, r.n_per_class) for r in summ.itertuples()})
-    cell = {(r.method, r.dataset, r.n_per_class): format_accuracy(r.mean, r.std) for r in summ.itertuples()}
+    cell = {(r.method, r.dataset, r.n_per_class): format_accuracy(r.mean, r.std, r.empty_runs, r.runs)
+            for r in summ.itertuples()}
     lines = ["| method | " + " | ".join(f"{d} n={n}" for d, n in panels) + " |", "|---|" + "---|" * len(panels)]
     for m in ordered_methods(summ.method.unique()):
         lines.append(f"| {m} | " + " | ".join(cell.get((m, d, n), "") for d, n in panels) + " |")
@@ -349,7 +346,7 @@ def panel_table(summ: "pd.DataFrame") -> list[str]:
 
 
 def markdown(summ: "pd.DataFrame", health_df: "pd.DataFrame", comp: "pd.DataFrame | None" = None) -> str:
-    from gradmm.report import format_accuracy
+    from gradmm.report import format_accuracy, format_number
 
     lines = ["# Variants study: test accuracy (%) at equal budget", "",
              "Sorted by mean dev accuracy (the only split used to choose). `majority` = mean share of test "
@@ -359,8 +356,8 @@ def markdown(summ: "pd.DataFrame", health_df: "pd.DataFrame", comp: "pd.DataFram
              "|---|---|---|---|---|---|---|---|"]
     for r in summ.itertuples():
         dev = "" if r.dev_mean != r.dev_mean else f"{100 * r.dev_mean:.1f}"  # NaN for zero-shot
-        lines.append(f"| {r.dataset} | {r.n_per_class} | {r.method} | {r.runs} | {r.n_train:.0f} | {format_accuracy(r.mean, r.std)} | "
-                     f"{dev} | {100 * r.majority_share:.0f} |")
+        lines.append(f"| {r.dataset} | {r.n_per_class} | {r.method} | {r.runs} | {r.n_train:.0f} | {format_accuracy(r.mean, r.std, r.empty_runs, r.runs)} | "
+                     f"{dev} | {format_number(100 * r.majority_share, '.0f')} |")
     lines += ["", "## Test accuracy by panel", "", *panel_table(summ)]
     pick = dev_pick(summ)
     if pick:

@@ -113,25 +113,12 @@ BASELINE_SECTIONS = ("data", "model", "filter", "finetune", "experiment")
 GENERATOR_SECTIONS = ("data", "model", "generate", "dp", "filter", "finetune", "experiment")
 
 
-def _section_classes() -> dict:
-    from gradmm.admm import GenerateConfig
-    from gradmm.data import DataConfig
-    from gradmm.experiment import ExperimentConfig
-    from gradmm.filtering import FilterConfig
-    from gradmm.finetune import FinetuneConfig
-    from gradmm.generate import DPConfig
-    from gradmm.models import ModelConfig
-
-    return {"data": DataConfig, "model": ModelConfig, "generate": GenerateConfig, "dp": DPConfig,
-            "filter": FilterConfig, "finetune": FinetuneConfig, "experiment": ExperimentConfig}
-
-
 def relevant_params(params: dict, method: str, dataset: str | None = None, model: str | None = None,
                     n_per_class: int | None = None) -> dict:
     """The sections of params.yaml behind one result, as the stages see them: defaults filled in by the config
     dataclasses, the method's variant and the result's own dataset, model and budget applied
     (gradmm_dp shows dp.enabled = true, a result of rtpolarity shows data.dataset = rtpolarity)."""
-    from gradmm.config import as_dict, build
+    from gradmm.config import as_dict, build, section_classes
     from gradmm.experiment import GENERATORS
     from gradmm.report import generator_of
 
@@ -141,7 +128,7 @@ def relevant_params(params: dict, method: str, dataset: str | None = None, model
                                 ("experiment", "n_per_class", n_per_class), ("filter", "n_per_class", n_per_class)):
         if value is not None:
             overrides.setdefault(section, {})[key] = value
-    classes, out = _section_classes(), {}
+    classes, out = section_classes(), {}
     for section in GENERATOR_SECTIONS if generator else BASELINE_SECTIONS:
         values = {**(params.get(section) or {}), **overrides.get(section, {})}
         try:

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from gradmm.records import read_jsonl, write_json, write_text
+from gradmm.records import read_jsonl, write_json
 
 log = logging.getLogger(__name__)
 
@@ -70,14 +70,12 @@ def check_transfer(cfg: TransferConfig) -> None:
 def settings(params_file, overrides=(), **chosen):
     """(TransferConfig, ModelConfig, FinetuneConfig) from the params file; `chosen` (e.g. the notebook's
     parameters) replaces transfer keys where not None."""
-    import dataclasses
-
-    from gradmm.config import load_config
+    from gradmm.config import as_dict, build, load_config
     from gradmm.finetune import FinetuneConfig, check_config
     from gradmm.models import ModelConfig
 
     cfg = load_config(TransferConfig, "transfer", params_file, overrides)
-    cfg = dataclasses.replace(cfg, **{k: v for k, v in chosen.items() if v is not None})
+    cfg = build(TransferConfig, {**as_dict(cfg), **{k: v for k, v in chosen.items() if v is not None}}, "transfer")
     check_transfer(cfg)
     ft = load_config(FinetuneConfig, "finetune", params_file,
                      [f"finetune.{k}={json.dumps(v)}" for k, v in cfg.finetune.items()] + list(overrides))
@@ -119,6 +117,9 @@ def probe_result(train: list[dict], task, c_grid, embed=None) -> dict:
 
     from gradmm.scoring import prediction_shares
 
+    if not train:  # nothing to fit: no accuracy (reported as an empty set, as gradmm.experiment does)
+        return {"test_accuracy": None, "dev_accuracy": None, "best_c": None, "dev_accuracies": {},
+                "test_prediction_shares": None, "n_train": 0, "finetuned": False, "empty_trainset": True}
     embed = embed or _minilm_cached
     y = np.array([int(r["label"]) for r in train])
     x = embed([r["text"] for r in train])
@@ -161,7 +162,8 @@ def run_cell(task, target: str, method: str, cfg: TransferConfig, study_dir: Pat
     """Run (or resume) one dataset × target × method cell; returns its results. `loaded` caches the model."""
     from gradmm.config import as_dict
     from gradmm.experiment import evaluate_method
-    from gradmm.generate import guard_run_dir, task_fingerprint
+    from gradmm.generate import task_fingerprint
+    from gradmm.worksharing import claimed_run_dir
     from gradmm.models import load_model
 
     check_transfer(cfg)
@@ -176,31 +178,30 @@ def run_cell(task, target: str, method: str, cfg: TransferConfig, study_dir: Pat
     params = {"task": task_fingerprint(task), "target": target, "method": method, "n_per_class": cfg.n_per_class,
               "source": source, "source_set_sha256": digest,
               "train": {"probe_c": list(cfg.probe_c)} if target == PROBE else as_dict(ft_cfg)}
-    guard_run_dir(out, params, archive_stale=True)
-    out.mkdir(parents=True, exist_ok=True)
-    write_text(out / "run_config.json", json.dumps(params, indent=2, sort_keys=True) + "\n")
-    seeds = cfg.seeds[:1] if method == "zero_shot" or (target == PROBE and fixed) else cfg.seeds
-    results = []
-    for s in seeds:
-        path = out / f"result-s{s}.json"
-        if path.is_file():
-            results.append(json.loads(path.read_text()))
-            continue
-        train = rows if source else real_set(method, task, cfg.n_per_class, s)
-        start = time.perf_counter()
-        if target == PROBE:
-            result = probe_result(train, task, cfg.probe_c)
-        else:
-            if target not in loaded:
-                loaded.clear()  # one model in memory at a time
-                loaded[target] = load_model(target, model_cfg.device, model_cfg.dtype)
-            result = evaluate_method(method, train, *loaded[target], task, ft_cfg, s, progress)
-        result.update(dataset=task.name, target=target, source=source or "real", method=method,
-                      n_per_class=cfg.n_per_class, seed=s, wall_seconds=round(time.perf_counter() - start, 1))
-        write_json(path, result)
-        log.info("%s → %s %s s=%d: test %.3f", task.name, target, method, s, result["test_accuracy"])
-        results.append(result)
-    return results
+    with claimed_run_dir(out, params, archive_stale=True):
+        seeds = cfg.seeds[:1] if method == "zero_shot" or (target == PROBE and fixed) else cfg.seeds
+        results = []
+        for s in seeds:
+            path = out / f"result-s{s}.json"
+            if path.is_file():
+                results.append(json.loads(path.read_text()))
+                continue
+            train = rows if source else real_set(method, task, cfg.n_per_class, s)
+            start = time.perf_counter()
+            if target == PROBE:
+                result = probe_result(train, task, cfg.probe_c)
+            else:
+                if target not in loaded:
+                    loaded.clear()  # one model in memory at a time
+                    loaded[target] = load_model(target, model_cfg.device, model_cfg.dtype)
+                result = evaluate_method(method, train, *loaded[target], task, ft_cfg, s, progress)
+            result.update(dataset=task.name, target=target, source=source or "real", method=method,
+                          n_per_class=cfg.n_per_class, seed=s, wall_seconds=round(time.perf_counter() - start, 1))
+            write_json(path, result)
+            log.info("%s → %s %s s=%d: test %s", task.name, target, method, s,
+                     "EMPTY training set" if result.get("empty_trainset") else f"{result['test_accuracy']:.3f}")
+            results.append(result)
+        return results
 
 
 def _row(r: dict) -> dict:
@@ -208,7 +209,8 @@ def _row(r: dict) -> dict:
     shares = r.get("test_prediction_shares") or [float("nan")]
     return ({k: r.get(k) for k in ("dataset", "source", "target", "method", "n_per_class", "seed", "dev_accuracy",
                                    "n_train", "wall_seconds")}
-            | {"accuracy": r["test_accuracy"], "majority_share": max(shares)})
+            | {"accuracy": r["test_accuracy"], "majority_share": max(shares),
+               "empty_trainset": bool(r.get("empty_trainset"))})
 
 
 def collect(transfer_dir) -> pd.DataFrame:
@@ -243,7 +245,8 @@ def by_target(summ: pd.DataFrame) -> list[str]:
         targets = list(dict.fromkeys(part.target))
         lines += [f"### {d}", "", "| method | " + " | ".join(targets) + " |", "|---|" + "---|" * len(targets)]
         for m in ordered_methods(part.method.unique()):
-            cells = {r.target: format_accuracy(r.mean, r.std) for r in part[part.method == m].itertuples()}
+            cells = {r.target: format_accuracy(r.mean, r.std, r.empty_runs, r.runs)
+                     for r in part[part.method == m].itertuples()}
             lines.append(f"| {m} | " + " | ".join(cells.get(t, "") for t in targets) + " |")
         lines.append("")
     return lines
@@ -252,8 +255,10 @@ def by_target(summ: pd.DataFrame) -> list[str]:
 def summary(df: pd.DataFrame) -> pd.DataFrame:
     from gradmm.report import ordered_methods
 
+    df = df.assign(empty_trainset=df["empty_trainset"] if "empty_trainset" in df else False)  # older frames
     g = df.groupby(["dataset", "target", "n_per_class", "method"])
     out = g.agg(runs=("accuracy", "size"), mean=("accuracy", "mean"), std=("accuracy", "std"),
+                empty_runs=("empty_trainset", "sum"),
                 dev_mean=("dev_accuracy", "mean"), majority_share=("majority_share", "mean"),
                 wall_seconds=("wall_seconds", "mean")).reset_index()
     rank = {m: i for i, m in enumerate(ordered_methods(out.method.unique()))}
@@ -261,7 +266,7 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def markdown(summ: pd.DataFrame) -> str:
-    from gradmm.report import format_accuracy
+    from gradmm.report import format_accuracy, format_number
 
     lines = ["# Transfer: test accuracy (%) of each target model at equal budget", "",
              "Generated sets come from the study's model (column `source` of transfer.csv); real subsets and "
@@ -272,7 +277,8 @@ def markdown(summ: pd.DataFrame) -> str:
     for r in summ.itertuples():
         dev = "" if r.dev_mean != r.dev_mean else f"{100 * r.dev_mean:.1f}"
         lines.append(f"| {r.dataset} | {r.target} | {r.n_per_class} | {r.method} | {r.runs} | "
-                     f"{format_accuracy(r.mean, r.std)} | {dev} | {100 * r.majority_share:.0f} |")
+                     f"{format_accuracy(r.mean, r.std, r.empty_runs, r.runs)} | {dev} | "
+                     f"{format_number(100 * r.majority_share, '.0f')} |")
     lines += ["", "## By target", "",
               "Test mean ± std. A column marked with the study's model (source `study` in transfer.csv) is the source "
               "model fine-tuned on the same sets in the variants study (same seeds); blank: not run for that target.",

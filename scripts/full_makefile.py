@@ -10,6 +10,8 @@ output that is missing but no longer needed (raw texts whose training sets exist
 """
 
 import argparse
+import re
+import shlex
 import shutil
 import tempfile
 from pathlib import Path
@@ -20,6 +22,7 @@ from dvc.repo import Repo
 STAGES = ("prepare", "generate", "filter", "baseline", "finetune")
 DIR_MARKERS = {"prepare": "meta.json", "generate": "raw.jsonl"}
 PROJECT = Path(__file__).resolve().parent.parent
+PLACEHOLDER = re.compile(r"\$\{\s*([^}]+?)\s*\}")  # DVC's ${item.x}
 
 
 def stage_rules(params: Path) -> list[tuple]:
@@ -30,8 +33,29 @@ def stage_rules(params: Path) -> list[tuple]:
         Repo.init(tmp, no_scm=True)
         root = Path(tmp).resolve()
         rel = lambda p: str(Path(p).resolve().relative_to(root))  # noqa: E731
-        return [(st.name, st.cmd, [rel(o.fs_path) for o in st.outs], [rel(d.fs_path) for d in st.deps])
-                for st in Repo(tmp).index.stages if st.name.split("@")[0] in STAGES]
+        stages = [st for st in Repo(tmp).index.stages if st.name.split("@")[0] in STAGES]
+    dvc_stages = yaml.safe_load((PROJECT / "dvc.yaml").read_text())["stages"]
+    templates = {name: d.get("do", d).get("cmd") for name, d in dvc_stages.items()}  # a foreach's is under do
+    return [(st.name, quoted_cmd(templates[st.name.split("@")[0]], st.cmd), [rel(o.fs_path) for o in st.outs],
+             [rel(d.fs_path) for d in st.deps]) for st in stages]
+
+
+def quoted_cmd(template: str, cmd: str) -> str:
+    """DVC's `cmd` with each value it pasted into `template` shell-quoted (DVC pastes them as they are: a value
+    holding a quote or `;` would break the command). The values are read back by matching `cmd` to `template`."""
+    parts = PLACEHOLDER.split(template)  # literal, name, literal, name, ..., literal
+    groups = {name: f"v{i}" for i, name in enumerate(dict.fromkeys(parts[1::2]))}
+    pattern, seen = "", set()
+    for i, part in enumerate(parts):
+        if i % 2 == 0:
+            pattern += re.escape(part)
+        else:
+            pattern += f"(?P={groups[part]})" if part in seen else f"(?P<{groups[part]}>.*?)"
+            seen.add(part)
+    match = re.fullmatch(pattern, cmd, re.S)
+    if not match:
+        raise ValueError(f"command {cmd!r} does not match its dvc.yaml template {template!r}")
+    return "".join(part if i % 2 == 0 else shlex.quote(match[groups[part]]) for i, part in enumerate(parts))
 
 
 def stage_targets(name: str, outs: list[str]) -> list[str]:
@@ -86,9 +110,9 @@ def main() -> None:
     lines = [".PHONY: all", "all: " + " ".join(goal_order(rules, datasets)), ""]
     for name, cmd, targets, deps in rules:
         needs = sorted({produced[d] for d in deps if d in produced})
-        lines += [f"{targets[0]}: {' '.join(needs)}",
-                  f"\t@mkdir -p logs; s=$$(date +%s%N); {cmd} > logs/{name}.log 2>&1; rc=$$?; "
-                  f"echo \"$$rc\t$$(( ($$(date +%s%N) - s) / 1000000 ))\t{name}\" >> times.tsv; exit $$rc", ""]
+        recipe = (f"mkdir -p logs; s=$(date +%s%N); {cmd} > {shlex.quote(f'logs/{name}.log')} 2>&1; rc=$?; "
+                  f"echo \"$rc\t$(( ($(date +%s%N) - s) / 1000000 ))\t\"{shlex.quote(name)} >> times.tsv; exit $rc")
+        lines += [f"{targets[0]}: {' '.join(needs)}", "\t@" + recipe.replace("$", "$$"), ""]  # make reads $ as $$
     args.run_dir.mkdir(parents=True, exist_ok=True)
     (args.run_dir / "Makefile").write_text("\n".join(lines))
     print(f"{len(rules)} stages to run -> {args.run_dir / 'Makefile'}")

@@ -149,7 +149,7 @@ def test_instructions_name_the_domain_and_the_class():
     assert instruction(toy_task(), 1) == ("Write one short movie review with positive sentiment. "
                                           "Reply with the movie review only.")
     assert "tweet with negative sentiment" in instruction(toy_task("tweets"), 0)
-    assert "tweet that expresses joy" in instruction(toy_task("tweet_emotion", ("sadness", "joy")), 1)
+    assert "tweet expressing joy" in instruction(toy_task("tweet_emotion", ("sadness", "joy")), 1)
     demos = [Example("loved it", 1), Example("what a ride", 1)]
     text = instruction(toy_task(), 1, demos)
     assert "- loved it\n- what a ride" in text and "Write one new short movie review" in text

@@ -128,3 +128,23 @@ def test_real_paper_splits_load():
     assert len(task.test) == 400 and len(task.pool) == 100
     task = load_task(DataConfig(dataset="imdb"))
     assert len(task.test) == 400
+
+
+def test_a_null_text_is_an_error_not_the_string_none(tmp_path):
+    path = tmp_path / "topics.jsonl"
+    rows = [{"text": f"text {i}", "label": i % 2} for i in range(10)] + [{"text": None, "label": 0}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(ValueError, match=r"topics.jsonl: row 10: the text must be a string, got None"):
+        load_examples(DataConfig(dataset="local", source=str(path), label_names=["a", "b"]))
+
+
+def test_a_prepared_task_with_a_null_text_names_file_and_line(tmp_path):
+    from gradmm.data import TEMPLATES, Task
+    from gradmm.experiment import task_from_dir, write_task
+    ex = toy_examples(12)
+    write_task(Task("toy", ["negative", "positive"], TEMPLATES["paper"], ex[:4], ex[4:8], ex[8:]), tmp_path)
+    lines = (tmp_path / "dev.jsonl").read_text().splitlines()
+    lines[1] = json.dumps({"text": None, "label": 1})
+    (tmp_path / "dev.jsonl").write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=r"dev.jsonl, line 2: 'text' must be a string, got None"):
+        task_from_dir(tmp_path)

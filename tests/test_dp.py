@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from gradmm.data import Example, TEMPLATES
-from gradmm.dp import (analytic_sigma, classical_sigma, clip_target, gaussian_delta, noisy_target, official_sigma,
+from gradmm.dp import (analytic_sigma, classical_sigma, clip_target, gaussian_delta, noise_generator, noisy_target, official_sigma,
                        per_example_norms, sensitivity)
 from gradmm.matching import class_targets, explicit_head_grad, match_loss
 
@@ -130,7 +130,7 @@ def test_clipping_bounds_every_per_example_gradient(target):
 
 def test_noisy_target_noise_snr_and_loss(target):
     C, eps, delta = 1.0, 1.0, 1e-5
-    noisy, snr = noisy_target(target, eps, delta, clip_norm=C, seed=3)
+    noisy, snr = noisy_target(target, eps, delta, clip_norm=C, generator=noise_generator(3))
     assert noisy.sigma == pytest.approx(analytic_sigma(eps, delta, C / target.n))
     V, d = target.R.shape[1], target.H.shape[1]
     numel = V * d + (V if target.has_bias else 0)
@@ -145,8 +145,8 @@ def test_noisy_target_noise_snr_and_loss(target):
     assert snr == pytest.approx((clean_norm / noise.norm()).item(), rel=1e-9)
     assert snr == pytest.approx((clean_norm / (noisy.sigma * math.sqrt(numel))).item(), rel=0.01)
     assert G_noisy[0].norm().item() ** 2 == pytest.approx(noisy.sq_norm_W, rel=1e-9)
-    again, _ = noisy_target(target, eps, delta, clip_norm=C, seed=3)
-    other, _ = noisy_target(target, eps, delta, clip_norm=C, seed=4)
+    again, _ = noisy_target(target, eps, delta, clip_norm=C, generator=noise_generator(3))
+    other, _ = noisy_target(target, eps, delta, clip_norm=C, generator=noise_generator(4))
     assert torch.equal(again.noise_W, noisy.noise_W) and not torch.equal(other.noise_W, noisy.noise_W)
     # The factored match loss against the noisy target equals the dense cosine distance.
     gen = torch.Generator().manual_seed(0)
@@ -161,7 +161,7 @@ def test_noisy_target_noise_snr_and_loss(target):
 
 
 def test_snr_decreases_with_epsilon(target):
-    snrs = [noisy_target(target, eps, 1e-5, seed=0)[1] for eps in (10.0, 1.0, 0.1, 0.01)]
+    snrs = [noisy_target(target, eps, 1e-5, generator=noise_generator(0))[1] for eps in (10.0, 1.0, 0.1, 0.01)]
     assert all(a > b for a, b in zip(snrs, snrs[1:]))
-    replace = noisy_target(target, 1.0, 1e-5, relation="replace_one", seed=0)[1]
+    replace = noisy_target(target, 1.0, 1e-5, relation="replace_one", generator=noise_generator(0))[1]
     assert replace == pytest.approx(snrs[1] / 2, rel=1e-6)  # twice the sensitivity, twice the noise

@@ -57,6 +57,7 @@ def test_evaluate_methods(tiny, toy_task):
     assert ft["finetuned"] is True and ft["n_train"] == 6 and "best_lr" in ft
     empty = evaluate_method("gradmm", [], model, tok, toy_task, FT, seed=0, progress=False)
     assert empty["finetuned"] is False and empty["n_train"] == 0
+    assert empty["empty_trainset"] is True and empty["test_accuracy"] is None  # not the base model's accuracy
 
 
 def test_prepared_task_round_trip(toy_task, tmp_path):

@@ -77,7 +77,7 @@ def test_determinism_and_resume_are_byte_identical(toy_data, tmp_path, monkeypat
     monkeypatch.setattr(admm.Problem, "project", dies_in_batch_1)
     with pytest.raises(KeyboardInterrupt):
         generate(toy_data, TINY, gen, DPConfig(), tmp_path / "c", progress=False)
-    assert (tmp_path / "c" / "batches" / "class0-batch0.pt").exists()
+    assert (tmp_path / "c" / "batches" / "class0-batch0.safetensors").exists()
     assert (tmp_path / "c" / "batches" / "class0-batch1.ckpt").exists()  # mid-batch checkpoint
     monkeypatch.setattr(admm.Problem, "project", real_project)
     generate(toy_data, TINY, gen, DPConfig(), tmp_path / "c", progress=False)
@@ -153,26 +153,16 @@ def test_a_refused_run_leaves_the_directory_free_for_the_corrected_one(toy_data,
     assert (tmp_path / "raw.jsonl").exists()
 
 
-def test_a_batch_checkpointed_on_a_gpu_resumes_on_the_cpu(tiny, toy_task, problem, tmp_path):
-    """The full profile's rtpolarity generations were checkpointed on a GPU and resumed on a CPU-only machine."""
+def test_a_checkpoint_is_data_and_resumes_on_the_cpu(tiny, toy_task, problem, tmp_path):
+    """Checkpoints are safetensors saved from the CPU: no pickle to load, no device tag to break a GPU→CPU move."""
+    from safetensors.torch import load_file
     cfg = GenerateConfig(topk=20, init_candidates=2, lr=0.05, rho=0.01, outer_steps=2, inner_steps=2)
     small = Problem(problem.model, problem.target, problem.layout, problem.decoding_prefix, problem.allowed, cfg)
     ckpt = tmp_path / "class0-batch0.ckpt"
     done = run_batch(small, batch_size=2, seed=0, checkpoint=ckpt, progress=False)
-    state = torch.load(ckpt, weights_only=False)
-
-    def as_if_on_cuda(storage):  # the location tag torch.save writes for a CUDA tensor
-        return "cuda:0"
-
-    torch.serialization.register_package(-1, as_if_on_cuda, lambda obj, location: None)
-    try:
-        torch.save(state, ckpt)
-    finally:
-        torch.serialization._package_registry[:] = [p for p in torch.serialization._package_registry
-                                                   if p[1] is not as_if_on_cuda]
-    if not torch.cuda.is_available():  # the stand-in fails as a real GPU checkpoint does
-        with pytest.raises(RuntimeError, match="CUDA"):
-            torch.load(ckpt, weights_only=False)
+    tensors = load_file(ckpt)  # a plain safetensors file
+    assert {"X", "Lam", "Z_ids", "adam.exp_avg", "adam.exp_avg_sq"} <= set(tensors)
+    assert all(t.device.type == "cpu" for t in tensors.values())
     resumed = run_batch(small, batch_size=2, seed=0, checkpoint=ckpt, progress=False)
     assert torch.equal(resumed["ids"], done["ids"])
     assert resumed["f_Z"] == done["f_Z"]

@@ -70,7 +70,7 @@ def test_papermill_help_lists_parameters(path):
 
 
 TINY_PARAMS = {
-    "data": {"dataset": "local", "source": "toy.jsonl", "label_names": ["negative", "positive"],
+    "data": {"dataset": "local", "source": "toy.jsonl", "name": "local", "label_names": ["negative", "positive"],
              "pool_per_class": 4, "dev_per_class": 4, "test_per_class": 4},
     "model": {"name": "tiny-random", "device": "cpu"},
     "generate": {"n_per_class": 2, "batch_size": 2, "outer_steps": 1, "inner_steps": 1, "init_candidates": 1,

@@ -18,7 +18,7 @@ from tests.conftest import toy_examples
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY_PARAMS = {
-    "data": {"dataset": "local", "source": "toy.jsonl", "label_names": ["negative", "positive"],
+    "data": {"dataset": "local", "source": "toy.jsonl", "name": "local", "label_names": ["negative", "positive"],
              "pool_per_class": 10, "dev_per_class": 5, "test_per_class": 5},
     "model": {"name": "tiny-random", "device": "cpu"},
     "generate": {"n_per_class": 4, "batch_size": 2, "outer_steps": 2, "inner_steps": 2, "topk": 20,

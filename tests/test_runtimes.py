@@ -118,3 +118,20 @@ def test_the_runtimes_command_prints_the_summary_and_names_a_missing_file(tmp_pa
     assert "finetune" in out and "120.00" in out and "CPU" in out
     with pytest.raises(SystemExit, match="no stage times at .*nothing.tsv"):
         main(["runtimes", str(tmp_path / "nothing.tsv")])
+
+
+def test_the_makefile_quotes_the_values_dvc_pastes_into_commands(tmp_path, monkeypatch):
+    import shlex
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["experiment"].update(datasets=["it's"], seeds=[0], n_per_class=[5], generators=["gradmm"],
+                                baselines=["random_real"], methods=["random_real"])
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.setattr("sys.argv", ["full_makefile.py", str(tmp_path / "params.yaml"), str(tmp_path / "run")])
+    _full_makefile().main()
+    makefile = (tmp_path / "run" / "Makefile").read_text()
+    recipe = next(line for line in makefile.splitlines() if "gradmm prepare" in line)
+    shell = recipe.removeprefix("\t@").replace("$$", "$")  # what make hands to the shell
+    command = shell.split("; ")[2]
+    assert shlex.split(command) == ["gradmm", "prepare", "--dataset", "it's", "--out", "runs/it's/data", ">",
+                                    "logs/prepare@it's.log", "2>&1"]

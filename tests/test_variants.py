@@ -61,7 +61,7 @@ def test_joint_generation_mixes_classes_in_every_batch(tiny, task, tmp_path):
     assert len(rows) == 8 and metrics["classes"][0]["class"] == "joint"
     for b in {r["batch"] for r in rows}:
         assert sorted(r["label"] for r in rows if r["batch"] == b) == [0, 1]
-    assert sorted(p.name for p in (tmp_path / "batches").glob("*.pt")) == [f"joint-batch{b}.pt" for b in range(4)]
+    assert sorted(p.name for p in (tmp_path / "batches").glob("*.safetensors")) == [f"joint-batch{b}.safetensors" for b in range(4)]
     hist = [json.loads(line) for line in (tmp_path / "history.jsonl").read_text().splitlines()]
     assert {h["class"] for h in hist} == {"joint"}
 
