@@ -60,6 +60,9 @@ TEMPLATES = {
     "paper": Template("{text} It was", (" bad", " great")),
     "review": Template("Review: {text}\nSentiment (positive or negative):", (" negative", " positive")),
     "paper_emotion": Template("{text} Does the tweet express joy or sadness?\n", ("sadness", "joy")),
+    # The authors' generation matches "great" after "It was " (the space a token of its own); their
+    # fine-tuning, like ours everywhere, uses " great" after "It was" (the `paper` template).
+    "paper_generation": Template("{text} It was ", ("bad", "great")),
 }
 
 
@@ -78,7 +81,7 @@ class DataConfig:
     domain: str = ""  # what one text is: "movie review", "tweet", "news headline" (default for `local`: "text")
     description: str = ""  # a text of class {label}: "with {label} sentiment", "about {label}"
     max_text_tokens: int = DEFAULT_MAX_TEXT_TOKENS  # texts are cut to their first N tokens (scoring, matching, fine-tuning)
-    pool_per_class: int = 50  # real examples per class the generator may see (paper: ~50)
+    pool_per_class: int = 50  # real examples per class the generator may see (the authors: 50 in all, ≈ 25 per class)
     dev_per_class: int = 100
     test_per_class: int = 200
     split_seed: int = 0  # fixed across method seeds so every method is tested on the same rows

@@ -50,3 +50,33 @@ def test_an_unknown_profile_key_is_named(tmp_path):
     bad.write_text("generate:\n  outer_stpes: 3\n")
     with pytest.raises(ValueError, match="generate.outer_stpes"):
         apply_profile(bad, params)
+
+
+def test_the_paper_faithful_profile_sets_the_authors_sizes_and_calibration(tmp_path):
+    from gradmm.data import DataConfig
+    from gradmm.generate import DPConfig, GenerateConfig
+    from gradmm.study import StudyConfig
+
+    params = tmp_path / "params.yaml"
+    shutil.copy(ROOT / "params.yaml", params)
+    changed = apply_profile(ROOT / "profiles" / "paper_faithful.yaml", params)
+    assert {"data.pool_per_class", "generate.n_per_class", "dp.mechanism"} <= set(changed)
+    assert load_config(DataConfig, "data", params).pool_per_class == 25  # 50 real examples in all
+    assert load_config(GenerateConfig, "generate", params).n_per_class == 100  # 200 raw texts in all
+    assert load_config(DPConfig, "dp", params).mechanism == "official"
+    assert load_config(StudyConfig, "study", params).raw_per_class == 100
+    assert load_config(GenerateConfig, "generate", params).template == "paper_generation"
+
+
+def test_the_authors_generation_template_matches_great_after_a_separate_space():
+    from gradmm.data import TEMPLATES, Task
+    from gradmm.generate import GenerateConfig, matching_task
+    from gradmm.models import load_tokenizer
+    from gradmm.scoring import first_label_ids
+
+    tok = load_tokenizer("tiny-random")  # the SmolLM2 tokenizer
+    task = matching_task(Task("toy", ["negative", "positive"], TEMPLATES["paper"], [], [], []),
+                         GenerateConfig(template="paper_generation"))
+    assert tok.convert_ids_to_tokens(tok(task.template.suffix, add_special_tokens=False).input_ids) == ["ĠIt", "Ġwas", "Ġ"]
+    ours, theirs = first_label_ids(tok, TEMPLATES["paper"]), first_label_ids(tok, task.template)
+    assert tok.convert_ids_to_tokens(theirs) == ["bad", "great"] and ours != theirs
