@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from gradmm.data import Example
-from gradmm.records import read_jsonl, write_json, write_jsonl
+from gradmm.records import read_json, read_jsonl, write_json, write_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ def _stored(path: Path, settings: dict):
     """The JSON at `path` if it was written with these settings, else None (to be redone)."""
     if not path.is_file():
         return None
-    blob = json.loads(path.read_text())
+    blob = read_json(path)
     return blob if blob.get("settings") == json.loads(json.dumps(settings)) else None
 
 
@@ -200,7 +200,7 @@ def run_attacks(task, cfg: PrivacyConfig, study_cfg, params_file: str, model_cfg
 # --------------------------------------------------------------------------------------------------
 # Tables
 def _generated_snr(cell: Path) -> float:
-    metrics = json.loads((cell / "generated-g0" / "generate_metrics.json").read_text())
+    metrics = read_json(cell / "generated-g0" / "generate_metrics.json")
     snrs = [c["snr"] for c in metrics["classes"] if c.get("snr") is not None]
     return float(np.mean(snrs)) if snrs else math.inf
 
@@ -213,7 +213,7 @@ def dp_sweep_rows(privacy_dir: Path, study_dir: Path, dataset: str, n_per_class:
     rows = []
     for eps, cell in cells:
         for f in sorted(cell.glob(f"result-n{n_per_class}-g0-s*.json")):
-            r = json.loads(f.read_text())
+            r = read_json(f)
             rows.append({"dataset": dataset, "epsilon": eps, "seed": r["seed"], "accuracy": r["test_accuracy"],
                          "dev_accuracy": r.get("dev_accuracy"), "n_train": r["n_train"], "snr": _generated_snr(cell),
                          "train_file": str(cell / r["train_file"])})
@@ -225,13 +225,13 @@ def attack_tables(privacy_dir, study_dir) -> dict[str, pd.DataFrame]:
     member, canary, sweep = [], [], []
     for d in sorted(p for p in Path(privacy_dir).glob("*") if p.is_dir()):
         if (d / "membership.json").is_file():
-            member += json.loads((d / "membership.json").read_text())["rows"]
+            member += read_json(d / "membership.json")["rows"]
         if (d / "canaries" / "exposure.json").is_file():
-            c = json.loads((d / "canaries" / "exposure.json").read_text())
+            c = read_json(d / "canaries" / "exposure.json")
             canary += [{**{k: v for k, v in c.items() if k not in ("exposures", "settings")}, **e} for e in c["exposures"]]
         results = sorted(d.glob("dp-eps*/result-*.json"))
         if results:
-            sweep += dp_sweep_rows(privacy_dir, study_dir, d.name, json.loads(results[0].read_text())["n_per_class"])
+            sweep += dp_sweep_rows(privacy_dir, study_dir, d.name, read_json(results[0])["n_per_class"])
     return {"membership": pd.DataFrame(member), "canaries": pd.DataFrame(canary), "dp_sweep": pd.DataFrame(sweep)}
 
 

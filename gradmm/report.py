@@ -10,12 +10,13 @@ Figures are drawn on `matplotlib.figure.Figure` objects (no pyplot): they save w
 the notebook's backend is, and nothing stays open between calls.
 """
 
-import json
 import re
 import math
 from pathlib import Path
 
 import pandas as pd
+
+from gradmm.records import read_json, read_jsonl
 
 # The order of the paper's tables: no training data, real subsets, LM-generated, GRADMM and its ablations, all real.
 METHOD_ORDER = ["zero_shot", "few_shot", "random_real", "herding", "kcenter", "llm_zero_shot_gen", "llm_few_shot_gen",
@@ -56,7 +57,7 @@ def result_row(path: Path, dataset: str | None = None) -> dict:
     """One result JSON as a flat row (accuracy = the test accuracy of the LR picked on dev; NaN for a method
     whose training set was empty, `empty_trainset` True)."""
     path = Path(path)
-    r = json.loads(path.read_text())
+    r = read_json(path)
     method = r.get("method") or re.sub(r"(-n\d+)?-seed\d+$", "", path.stem)
     row = {"dataset": r.get("dataset") or dataset or path.parent.parent.name, "model": r.get("model"),
            "method": method, "n_per_class": r.get("n_per_class"), "seed": r.get("seed"),
@@ -91,7 +92,7 @@ def missing_results(runs_dir, datasets, methods, seeds, model: str | None = None
             for n in n_per_class:
                 for s in seeds:
                     path = result_file(runs_dir, d, m, n, s)
-                    r = json.loads(path.read_text()) if path.is_file() else None
+                    r = read_json(path) if path.is_file() else None
                     stale = r is not None and ((model and r.get("model") != model) or r.get("n_per_class") != n)
                     if r is None or stale:
                         missing.append((d, m, n, s))
@@ -232,13 +233,13 @@ def plot_classification(df: pd.DataFrame, path_png: str | Path):
 def generation_diagnostics(run_dir: str | Path) -> pd.DataFrame:
     """A GRADMM run's history.jsonl: one row per (class, batch, outer iteration t) with the ADMM diagnostics."""
     run_dir = Path(run_dir)
-    rows = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines() if line.strip()]
+    rows = read_jsonl(run_dir / "history.jsonl")
     df = pd.DataFrame(rows)
     for col in HISTORY_COLUMNS:  # end_only (no projection) runs record no Z-step quantities
         if col not in df:
             df[col] = math.nan
     metrics = run_dir / "generate_metrics.json"
-    names = [c["class"] for c in json.loads(metrics.read_text())["classes"]] if metrics.is_file() else []
+    names = [c["class"] for c in read_json(metrics)["classes"]] if metrics.is_file() else []
     df["class_name"] = [names[c] if isinstance(c, int) and c < len(names) else str(c) for c in df["class"]]
     df["run"] = run_dir.name
     first = ["run", "class_name"] + HISTORY_COLUMNS
@@ -307,9 +308,9 @@ SUMMARY_COLUMNS = ["dataset", "generator", "seed", "class", "n_batches", "f_X_en
 def _first_filter_stats(trainsets: Path, method: str, seed: int) -> dict | None:
     """The filter counts of a generator's raw texts: the same raw set feeds every n, so any n's file will do."""
     for path in sorted(trainsets.glob(f"{method}-n*-seed{seed}_filter.json")):
-        return json.loads(path.read_text())
+        return read_json(path)
     for path in sorted(trainsets.glob(f"{method}-n*-seed{seed}.info.json")):
-        info = json.loads(path.read_text())
+        info = read_json(path)
         if "filter" in info:
             return info["filter"]
     return None
@@ -334,7 +335,7 @@ def generation_summary(runs_dir: str | Path, datasets: list[str]) -> pd.DataFram
         names: list[str] = []  # the class names, from a GRADMM record (the baselines' records hold indices only)
         for metrics_path in sorted((root / "generated").glob("*-seed*/generate_metrics.json")):
             generator, seed = metrics_path.parent.name.rsplit("-seed", 1)
-            metrics = json.loads(metrics_path.read_text())
+            metrics = read_json(metrics_path)
             stats = _first_filter_stats(root / "trainsets", generator, int(seed))
             names = [cls["class"] for cls in metrics["classes"]]
             for c, cls in enumerate(metrics["classes"]):
@@ -449,7 +450,7 @@ def produce_missing(missing: list[tuple[str, str, int, int]], runs_dir: str | Pa
     from gradmm.finetune import FinetuneConfig
     from gradmm.generate import DPConfig, generate
     from gradmm.models import ModelConfig, load_model
-    from gradmm.records import read_jsonl, write_json, write_jsonl
+    from gradmm.records import write_json, write_jsonl
 
     if not missing:
         return []

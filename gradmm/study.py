@@ -24,7 +24,7 @@ from pathlib import Path
 import pandas as pd
 
 from gradmm.config import as_dict, build, config_hash
-from gradmm.records import read_jsonl, write_json, write_jsonl
+from gradmm.records import read_json, read_jsonl, read_text_rows, write_json, write_jsonl
 from gradmm.worksharing import claimed_run_dir, file_lock, shared_loop
 
 log = logging.getLogger(__name__)
@@ -167,7 +167,7 @@ def run_cell(task, method: str, cfg: StudyConfig, params_file: str, model_cfg, f
             with file_lock(out / ".locks" / set_path.name):  # runs of other seeds share a generated set
                 if not set_path.is_file():
                     make_set(set_path, n, g, s, metrics)
-            rows = read_jsonl(set_path)
+            rows = read_text_rows(set_path)
             result = evaluate_method(method, rows, model, tok, task, finetune_cfg, s, progress)
             result.update(dataset=task.name, model=model_cfg.name, n_per_class=n, generation_seed=g,
                           train_file=set_path.name, params_hash=config_hash(finetune_cfg))
@@ -178,7 +178,7 @@ def run_cell(task, method: str, cfg: StudyConfig, params_file: str, model_cfg, f
 
         # Processes started with the same cell share its runs (gradmm.worksharing); a finished one is never redone.
         shared_loop(runs, lambda run: out / ".locks" / result_path(run).name, lambda run: result_path(run).is_file(), run_one)
-        results = [json.loads(result_path(run).read_text()) for run in runs]
+        results = [read_json(result_path(run)) for run in runs]
         return results
 
 
@@ -246,7 +246,7 @@ def collect(study_dir: str | Path = "studies/variants") -> "pd.DataFrame":
 
     rows = []
     for path in sorted(Path(study_dir).glob("*/*/result-*.json")):
-        r = json.loads(path.read_text())
+        r = read_json(path)
         shares = r.get("test_prediction_shares") or []
         rows.append({"dataset": r["dataset"], "model": r["model"], "method": r["method"],
                      "n_per_class": r["n_per_class"], "generation_seed": r["generation_seed"], "seed": r["seed"],
@@ -263,7 +263,7 @@ def health(study_dir: str | Path = "studies/variants") -> "pd.DataFrame":
 
     rows = []
     for hist in sorted(Path(study_dir).glob("*/*/generated-g*/history.jsonl")):
-        recs = [json.loads(line) for line in hist.read_text().splitlines() if line.strip()]
+        recs = read_jsonl(hist)
         last = pd.DataFrame(recs).sort_values("t").groupby(["class", "batch"]).tail(1)
         cell = hist.parent.parent
         g = int(hist.parent.name.split("-g")[1])
@@ -276,7 +276,7 @@ def health(study_dir: str | Path = "studies/variants") -> "pd.DataFrame":
                "f_Z_last": float(last["f_Z"].mean()), "logppl_Z_last": float(last["logppl_Z"].mean())}
         diag = cell / f"diagnostics-g{g}.json"
         if diag.is_file():
-            d = json.loads(diag.read_text())
+            d = read_json(diag)
             row["margin"] = sum(t["margin_mean"] for t in d["targets"]) / len(d["targets"])
             row["margin_ci_low"] = min(t["margin_ci95"][0] for t in d["targets"])
             row["label_word_p"] = sum(t["label_word_probability"] for t in d["targets"]) / len(d["targets"])
@@ -432,7 +432,7 @@ def log_to_mlflow(df: "pd.DataFrame", health_df: "pd.DataFrame", study_dir: str 
         for k, v in (diag.get((row["dataset"], row["method"], g)) or {}).items():
             if k not in ("dataset", "method", "generation_seed") and not pd.isna(v):
                 row[f"diag_{k}"] = v
-        result_file = json.loads((cell / f"result-n{row['n_per_class']}-g{g}-s{row['seed']}.json").read_text())
+        result_file = read_json(cell / f"result-n{row['n_per_class']}-g{g}-s{row['seed']}.json")
         artifacts = [(cell / result_file["train_file"], "trainset"), (cell / f"diagnostics-g{g}.json", "diagnostics"),
                      (cell / f"generated-g{g}" / "history.jsonl", "diagnostics")]
         p = relevant_params(params, row["method"], row["dataset"], row.get("model"), row.get("n_per_class"))

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from gradmm.records import read_jsonl, write_json
+from gradmm.records import read_json, read_text_rows, write_json
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +88,8 @@ def source_set(study_cell: Path, n_per_class: int, generation_seed: int) -> tupl
     path = Path(study_cell) / f"trainset-n{n_per_class}-g{generation_seed}.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: run the study cell `gradmm study --method {Path(study_cell).name}` first")
-    source = json.loads((Path(study_cell) / "run_config.json").read_text())["model"]["name"]
-    return read_jsonl(path), source
+    source = read_json(Path(study_cell) / "run_config.json")["model"]["name"]
+    return read_text_rows(path), source
 
 
 def real_set(method: str, task, n_per_class: int, seed: int) -> list[dict]:
@@ -184,7 +184,7 @@ def run_cell(task, target: str, method: str, cfg: TransferConfig, study_dir: Pat
         for s in seeds:
             path = out / f"result-s{s}.json"
             if path.is_file():
-                results.append(json.loads(path.read_text()))
+                results.append(read_json(path))
                 continue
             train = rows if source else real_set(method, task, cfg.n_per_class, s)
             start = time.perf_counter()
@@ -215,7 +215,7 @@ def _row(r: dict) -> dict:
 
 def collect(transfer_dir) -> pd.DataFrame:
     """Every result under <transfer_dir>/<dataset>/<target>/<method>/ as one row."""
-    return pd.DataFrame([_row(json.loads(f.read_text()))
+    return pd.DataFrame([_row(read_json(f))
                          for f in sorted(Path(transfer_dir).glob("*/*/*/result-s*.json"))])
 
 
@@ -229,7 +229,7 @@ def source_rows(study_dir, cfg: TransferConfig) -> pd.DataFrame:
                 f = Path(study_dir) / d / m / f"result-n{cfg.n_per_class}-g{cfg.generation_seed}-s{s}.json"
                 if not f.is_file():
                     continue
-                r = json.loads(f.read_text())
+                r = read_json(f)
                 rows.append(_row({**r, "dataset": d, "source": "study", "target": r["model"], "method": m,
                                   "n_per_class": cfg.n_per_class, "seed": s}))
     return pd.DataFrame(rows)
