@@ -312,8 +312,8 @@ def cmd_transfer_report(args) -> None:
     from gradmm.transfer import settings, write_report
 
     cfg = settings(args.params)[0] if args.study else None
-    write_report(args.runs, args.reports, args.study, cfg)
-    print((Path(args.reports) / "tables" / "transfer.md").read_text())
+    write_report(args.runs, args.reports, args.study, cfg, args.name)
+    print((Path(args.reports) / "tables" / f"{args.name}.md").read_text())
 
 
 def cmd_study_report(args) -> None:
@@ -444,6 +444,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--study", default=None, help="add the source model's own results from these study cells "
                    "(the transfer section's datasets, methods, n_per_class and seeds)")
     p.add_argument("--params", default="params.yaml", help="the transfer section, with --study")
+    p.add_argument("--name", default="transfer", help="file name of the table and figure (e.g. transfer_reverse)")
     p.set_defaults(func=cmd_transfer_report)
     p = sub.add_parser("study-report", help="variants study: reports/tables/variants.{csv,md}, figures/variants.png")
     p.add_argument("--runs", default="studies/variants", help="the study's cells (<runs>/<dataset>/<method>/)")

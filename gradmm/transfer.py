@@ -313,9 +313,10 @@ def plot(df: pd.DataFrame, path_png):
     return fig
 
 
-def write_report(transfer_dir, reports_dir="reports", study_dir=None, cfg: TransferConfig | None = None) -> pd.DataFrame:
-    """tables/transfer.csv (every run), tables/transfer.md (summary) and figures/transfer.png. With study_dir
-    and cfg, the source model's own results on the same sets join as one more target."""
+def write_report(transfer_dir, reports_dir="reports", study_dir=None, cfg: TransferConfig | None = None,
+                 name: str = "transfer") -> pd.DataFrame:
+    """tables/<name>.csv (every run), tables/<name>.md (summary) and figures/<name>.png. With study_dir and cfg,
+    the source model's own results on the same sets join as one more target."""
     df = collect(transfer_dir)
     if df.empty:
         raise FileNotFoundError(f"no transfer results under {transfer_dir}: run `gradmm transfer` first")
@@ -324,7 +325,7 @@ def write_report(transfer_dir, reports_dir="reports", study_dir=None, cfg: Trans
         df = pd.concat([src, df], ignore_index=True) if len(src) else df
     tables = Path(reports_dir) / "tables"
     tables.mkdir(parents=True, exist_ok=True)
-    df.to_csv(tables / "transfer.csv", index=False, lineterminator="\n")
-    (tables / "transfer.md").write_text(markdown(summary(df)))
-    plot(df, Path(reports_dir) / "figures" / "transfer.png")
+    df.to_csv(tables / f"{name}.csv", index=False, lineterminator="\n")
+    (tables / f"{name}.md").write_text(markdown(summary(df)))
+    plot(df, Path(reports_dir) / "figures" / f"{name}.png")
     return df

@@ -24,4 +24,5 @@ datasets=("$@"); [ $# -gt 0 ] || datasets=(rtpolarity tweets)
 export OMP_NUM_THREADS=$(( $(nproc) / ${#datasets[@]} > 0 ? $(nproc) / ${#datasets[@]} : 1 ))
 for d in "${datasets[@]}"; do one_dataset "$d" > "studies/reverse-$d.log" 2>&1 & done
 wait
-echo "reverse transfer done: studies/transfer-reverse/<dataset>/smollm2-135m/<method>/result-s*.json"
+# SmolLM2 on Gemma's sets, beside Gemma on its own sets (the study cells' fine-tuning seed).
+gradmm transfer-report --runs studies/transfer-reverse --study studies/variants-gemma --name transfer_reverse

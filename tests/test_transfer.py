@@ -47,6 +47,11 @@ def test_a_causal_target_and_the_probe_learn_from_the_source_sets(transferred):
     md = (transferred / "reports" / "tables" / "transfer.md").read_text()
     assert "| toy | tiny-random | 2 | gradmm | 2 |" in md
     assert "| method | minilm | tiny-random | tiny-random-untied |" in md
+    # a second direction (e.g. the reverse transfer) gets its own files beside the first's
+    assert main(["transfer-report", "--runs", str(transferred / "transfer"), "--reports", str(transferred / "reports"),
+                 "--name", "transfer_reverse"]) == 0
+    assert (transferred / "reports" / "tables" / "transfer_reverse.md").read_text().startswith("# Transfer")
+    assert (transferred / "reports" / "tables" / "transfer.md").read_text() == md
 
 
 def test_the_probe_picks_c_on_dev_and_scores_test():
