@@ -13,8 +13,12 @@ test: setup
 test-fast: setup
 	.venv/bin/python -m pytest -q -m "not slow and not e2e"
 
-ui:  ## the MLflow UI on the project's store, http://127.0.0.1:5000
-	.venv/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --default-artifact-root $(CURDIR)/mlartifacts --host 127.0.0.1 --port 5000
+UI_PORT ?= 5000
+LAB_PORT ?= 8888
 
-lab:  ## JupyterLab on notebooks/ with the project's kernel (python3 = .venv), http://127.0.0.1:8888
-	.venv/bin/jupyter lab --notebook-dir=$(CURDIR) --ServerApp.ip=127.0.0.1 --ServerApp.port=8888 --allow-root notebooks/
+ui:  ## the MLflow UI on the project's store, http://127.0.0.1:$(UI_PORT) (another port: make ui UI_PORT=5001)
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false .venv/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db \
+	  --default-artifact-root $(CURDIR)/mlartifacts --host 127.0.0.1 --port $(UI_PORT) --workers 1
+
+lab:  ## JupyterLab at the repository root (notebooks/, reports/, params.yaml) with the project's kernel, http://127.0.0.1:$(LAB_PORT)
+	.venv/bin/jupyter lab --no-browser --notebook-dir=$(CURDIR) --ServerApp.ip=127.0.0.1 --ServerApp.port=$(LAB_PORT) --allow-root
