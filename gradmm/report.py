@@ -10,10 +10,12 @@ Figures are drawn on `matplotlib.figure.Figure` objects (no pyplot): they save w
 the notebook's backend is, and nothing stays open between calls.
 """
 
+import contextlib
 import re
 import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from gradmm.records import read_json, read_jsonl
@@ -195,6 +197,18 @@ def write_markdown_summary(df: pd.DataFrame, path_md: str | Path, **kw) -> str:
 
 
 # ----------------------------------------------------------------------------------------------- figures
+@contextlib.contextmanager
+def fixed_jitter(seed: int = 0):
+    """seaborn's strip-plot jitter draws from NumPy's global generator: seed it for one plot, so that a rerun
+    writes the same figure (git stays clean), and give the caller's state back afterwards."""
+    state = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        yield
+    finally:
+        np.random.set_state(state)
+
+
 def _save(fig, path_png: str | Path):
     Path(path_png).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path_png, dpi=120, bbox_inches="tight")
@@ -220,7 +234,8 @@ def plot_classification(df: pd.DataFrame, path_png: str | Path):
         order = ordered_methods(sub["method"])
         common = dict(data=sub, x="method", y="accuracy_pct", hue="dataset", order=order, hue_order=datasets, ax=ax)
         sns.barplot(**common, errorbar="sd", capsize=0.15, alpha=0.75, err_kws={"linewidth": 1})
-        sns.stripplot(**common, dodge=True, palette={d: "0.15" for d in datasets}, size=3.5, legend=False)
+        with fixed_jitter():
+            sns.stripplot(**common, dodge=True, palette={d: "0.15" for d in datasets}, size=3.5, legend=False)
         ax.set(ylim=(0, 100), xlabel="", ylabel="test accuracy (%)", title=f"{model}, n = {n} per class")
         ax.tick_params(axis="x", labelrotation=30)
         for label in ax.get_xticklabels():

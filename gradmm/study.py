@@ -396,6 +396,8 @@ def plot(df: "pd.DataFrame", path_png: str | Path):
     import matplotlib.pyplot as plt
     import seaborn as sns
 
+    from gradmm.report import fixed_jitter
+
     order = summary(df).drop_duplicates("method")["method"].tolist()
     panels = df[["dataset", "n_per_class"]].drop_duplicates().values.tolist()
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 0.45 * len(order) + 1.5), squeeze=False)
@@ -403,8 +405,9 @@ def plot(df: "pd.DataFrame", path_png: str | Path):
         part = df[(df.dataset == dataset) & (df.n_per_class == n)]
         sns.pointplot(data=part, y="method", x="accuracy", order=[m for m in order if m in set(part.method)],
                       errorbar="sd", linestyle="none", ax=ax)
-        sns.stripplot(data=part, y="method", x="accuracy", order=[m for m in order if m in set(part.method)],
-                      alpha=0.35, color="grey", ax=ax)
+        with fixed_jitter():
+            sns.stripplot(data=part, y="method", x="accuracy", order=[m for m in order if m in set(part.method)],
+                          alpha=0.35, color="grey", ax=ax)
         ax.axvline(0.5, ls=":", c="k", lw=0.8)
         ax.set_title(f"{dataset}, n = {n} per class (mean ± sd over runs)")
         ax.set_xlabel("test accuracy")

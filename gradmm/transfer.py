@@ -292,7 +292,7 @@ def plot(df: pd.DataFrame, path_png):
     import seaborn as sns
     from matplotlib.figure import Figure
 
-    from gradmm.report import ordered_methods
+    from gradmm.report import fixed_jitter, ordered_methods
 
     datasets, targets = list(dict.fromkeys(df.dataset)), list(dict.fromkeys(df.target))
     order = ordered_methods(df.method.unique())
@@ -305,7 +305,8 @@ def plot(df: pd.DataFrame, path_png):
             ax.set_axis_off()
             continue
         sns.barplot(part, x="accuracy", y="method", order=order, errorbar="sd", ax=ax, color="#9ecae1")
-        sns.stripplot(part, x="accuracy", y="method", order=order, ax=ax, color="k", size=3)
+        with fixed_jitter():
+            sns.stripplot(part, x="accuracy", y="method", order=order, ax=ax, color="k", size=3)
         ax.set(title=f"{d} → {t}", xlabel="test accuracy (%)", ylabel="", xlim=(0, 100))
     fig.tight_layout()
     Path(path_png).parent.mkdir(parents=True, exist_ok=True)

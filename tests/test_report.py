@@ -128,6 +128,10 @@ def test_classification_figure_written(runs, tmp_path):
     path = tmp_path / "figures" / "classification.png"
     report.plot_classification(df, path)
     assert path.read_bytes()[:8] == PNG
+    import numpy as np
+    np.random.seed(123)  # whatever the global generator's state, a rerun draws the same figure
+    report.plot_classification(df, tmp_path / "again.png")
+    assert (tmp_path / "again.png").read_bytes() == path.read_bytes()
     report.plot_classification(df.iloc[:0], tmp_path / "empty.png")  # no results: still a figure
     assert (tmp_path / "empty.png").is_file()
 
