@@ -12,7 +12,6 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import torch
 
 from gradmm.admm import GenerateConfig, JointProblem, Layout, Problem, check_config, run_batch
 from gradmm.config import as_dict, config_hash
@@ -22,7 +21,7 @@ from gradmm.matching import Target, class_targets, joint_target
 from gradmm.scoring import first_label_ids, prompt_ids, template_prompt
 from gradmm.models import ModelConfig, load_model, load_tokenizer
 from gradmm.projection import allowed_token_mask
-from gradmm.records import write_json, write_jsonl, write_text
+from gradmm.records import write_json, write_jsonl
 from gradmm.tensorfiles import load_tensors, save_tensors
 from gradmm.worksharing import check_claim, claimed_run_dir, file_lock, shared_loop
 

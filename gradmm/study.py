@@ -197,7 +197,7 @@ def variant_diagnostics(model, tokenizer, task, gen, raw: list[dict], n_sets: in
 
     from gradmm.diagnostics import bootstrap_ci
     from gradmm.generate import DPConfig, build_targets, matching_task
-    from gradmm.matching import head_logits, hidden_and_logits, match_loss
+    from gradmm.matching import hidden_and_logits, match_loss
     from gradmm.scoring import first_label_ids
 
     mtask = matching_task(task, gen)

@@ -48,6 +48,15 @@ def toy_task() -> Task:
     return Task("toy", ["negative", "positive"], TEMPLATES["paper"], rows[:20], rows[20:40], rows[40:60])
 
 
+@pytest.fixture(scope="module")
+def toy_data(tmp_path_factory) -> DataConfig:
+    """A local two-class dataset file (the generation tests' input, through the real local loader)."""
+    path = tmp_path_factory.mktemp("data") / "toy.jsonl"
+    path.write_text("".join(json.dumps({"text": e.text, "label": e.label}) + "\n" for e in toy_examples(30)))
+    return DataConfig(dataset="local", source=str(path), label_names=["negative", "positive"],
+                      pool_per_class=10, dev_per_class=5, test_per_class=5)
+
+
 @pytest.fixture
 def paper_data_dir(tmp_path):
     """A stand-in for the paper's data directory: same layout and fields, a few rows each."""

@@ -17,14 +17,6 @@ FAST = dict(n_per_class=4, batch_size=2, outer_steps=3, inner_steps=3, topk=20, 
 
 
 @pytest.fixture(scope="module")
-def toy_data(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "toy.jsonl"
-    path.write_text("".join(json.dumps({"text": e.text, "label": e.label}) + "\n" for e in toy_examples(30)))
-    return DataConfig(dataset="local", source=str(path), label_names=["negative", "positive"],
-                      pool_per_class=10, dev_per_class=5, test_per_class=5)
-
-
-@pytest.fixture(scope="module")
 def problem(tiny, toy_task):
     model, tok = tiny
     target = class_targets(model, tok, toy_task.pool, toy_task.template)[1]

@@ -12,25 +12,15 @@ import torch
 
 import gradmm.generate as generate_module
 from gradmm.admm import GenerateConfig
-from gradmm.data import DataConfig
 from gradmm.dp import clip_target, noisy_target
 from gradmm.generate import DPConfig, build_targets, generate
 from gradmm.matching import class_targets
 from gradmm.models import ModelConfig
 from gradmm.tensorfiles import load_tensors
 from gradmm.worksharing import claimed_run_dir
-from tests.conftest import toy_examples
 
 TINY = ModelConfig(name="tiny-random", device="cpu")
 FAST = dict(n_per_class=4, batch_size=2, outer_steps=2, inner_steps=2, topk=20, init_candidates=2, max_seq_len=10)
-
-
-@pytest.fixture(scope="module")
-def toy_data(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "toy.jsonl"
-    path.write_text("".join(json.dumps({"text": e.text, "label": e.label}) + "\n" for e in toy_examples(30)))
-    return DataConfig(dataset="local", source=str(path), label_names=["negative", "positive"],
-                      pool_per_class=10, dev_per_class=5, test_per_class=5)
 
 
 class Exploit:  # unpickling this runs a shell command

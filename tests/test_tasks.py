@@ -13,7 +13,7 @@ from gradmm import report
 from gradmm.admm import GenerateConfig
 from gradmm.baselines import instruction
 from gradmm.cli import build_parser
-from gradmm.data import TEMPLATES, DataConfig, Template, load_task
+from gradmm.data import TEMPLATES, DataConfig, load_task
 from gradmm.experiment import evaluate_method, task_from_dir, write_task
 from gradmm.filtering import FilterConfig, filter_rows
 from gradmm.finetune import FinetuneConfig, finetune_and_evaluate, label_logits
