@@ -324,6 +324,17 @@ def cmd_study_report(args) -> None:
     print(f"{len(df)} runs -> {args.reports}/tables/variants.csv, {args.reports}/figures/variants.png")
 
 
+def cmd_mlflow_import(args) -> None:
+    from gradmm.tracking import CLASSIFICATION_EXPERIMENT, DEFAULT_IMPORT_DIR, import_results, tracking_uri
+
+    args.experiment = args.experiment or CLASSIFICATION_EXPERIMENT
+    c = import_results(args.runs or DEFAULT_IMPORT_DIR, args.experiment, args.project_root)
+    failed = f", {c['failed']} failed (see the warnings)" if c["failed"] else ""
+    print(f"mlflow-import: {c['added']} runs added, {c['skipped']} skipped as existing, {c['trainsets_missing']} "
+          f"training sets missing (tag gradmm.trainset_missing){failed}, report run {'added' if c['report'] else 'kept'}"
+          f" -> experiment {args.experiment!r} at {tracking_uri(args.project_root)}; browse them: make ui")
+
+
 def cmd_runtimes(args) -> None:
     from gradmm.runtimes import read_stage_times, runtime_summary
 
@@ -452,6 +463,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--params", default="params.yaml", help="params logged with each MLflow run")
     p.add_argument("--no-mlflow", action="store_true", help="write the tables and figure only")
     p.set_defaults(func=cmd_study_report)
+
+    p = sub.add_parser("mlflow-import", help="fill the MLflow store (mlflow.db) from committed results: one run "
+                       "per result JSON with its training set; re-running adds none twice")
+    p.add_argument("runs", nargs="?", help="<runs>/<dataset>/results/*.json (default: studies/full-profile/runs, "
+                   "the committed full profile)")
+    p.add_argument("--experiment", help="default: 01_classification, the experiment of notebook 01")
+    p.add_argument("--project-root", default=".", help="the folder of mlflow.db and mlartifacts/")
+    p.set_defaults(func=cmd_mlflow_import)
 
     p = sub.add_parser("runtimes", help="stage runtimes of a full-profile run (its times.tsv), per stage and dataset")
     p.add_argument("times", nargs="?", default="studies/full-profile/times.tsv")

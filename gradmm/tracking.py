@@ -8,10 +8,13 @@ URI is therefore always set explicitly to `<project root>/mlflow.db`, artifacts 
 
 Runs are named after their knobs, `rtpolarity-smollm2-135m-gradmm-n5-seed0-1a2b3c`, the suffix being the
 params hash, and tagged with what MLflow does not reliably record: git commit, params hash, device, seed,
-library versions. Re-running logs new runs next to the old ones (compare them by the params_hash tag).
+library versions. Re-running logs new runs next to the old ones (compare them by the params_hash tag); the report
+files shared by all runs go once into one report run. import_results (`gradmm mlflow-import`) fills a store from
+committed results and skips those already in it (tag gradmm.result_key).
 """
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -22,6 +25,11 @@ from importlib import metadata
 from pathlib import Path
 
 MAX_PARAM_CHARS = 500  # MLflow's limit on a param value
+CLASSIFICATION_EXPERIMENT = "01_classification"  # notebooks/01_classification.ipynb's mlflow_experiment
+DEFAULT_IMPORT_DIR = "studies/full-profile/runs"  # the committed full-profile results
+RESULT_KEY_TAG = "gradmm.result_key"  # which result file (path and content) a run holds: re-imports skip it
+TRAINSET_MISSING_TAG = "gradmm.trainset_missing"
+REPORT_KIND_TAG = "gradmm.kind"  # "report" on the run holding the report files
 QUIET_LOGGERS = ("alembic", "mlflow.store.db.utils", "mlflow.tracking._tracking_service.client")
 
 
@@ -66,6 +74,7 @@ def git_commit(project_root: str | Path = ".") -> str:
         return "unknown"
 
 
+@functools.lru_cache(maxsize=1)  # metadata.version reads package files: ~10 ms a run
 def library_versions() -> dict[str, str]:
     from gradmm import __version__
 
@@ -190,16 +199,23 @@ def _experiment_id(client, name: str, project_root) -> str:
         return client.get_experiment_by_name(name).experiment_id
 
 
+@functools.lru_cache(maxsize=8)
+def _client(uri: str):
+    """One client per store: a new one costs ~50 ms, a few seconds over the runs of a report."""
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
 def _log_result(experiment, result, params, artifacts, tags, project_root) -> str:
     from mlflow.entities import Metric, Param, RunTag
-    from mlflow.tracking import MlflowClient
     from mlflow.utils.time import get_current_time_millis
 
-    client = MlflowClient(tracking_uri=tracking_uri(project_root))
+    client = _client(tracking_uri(project_root))
     flat = flatten(params)
     hash_ = params_hash(flat)
     all_tags = {"git_commit": git_commit(project_root), "params_hash": hash_,
-                "device": device_name(str((params.get("model") or {}).get("device", "auto"))),
+                "device": tags.get("device") or device_name(str((params.get("model") or {}).get("device", "auto"))),
                 "seed": str(result.get("seed")), "dataset": str(result.get("dataset")),
                 "method": str(result.get("method")), "model": str(result.get("model")),
                 "n_per_class": str(result.get("n_per_class")),
@@ -230,25 +246,179 @@ def _note(result: dict) -> str:
             f"seed {r.get('seed')}): test accuracy {acc}")
 
 
-def log_results(df, experiment: str, params: dict, project_root: str | Path = ".", runs_dir: str | Path = "runs",
-                figures=(), figures_dir: str | Path = "reports/figures", tags: dict | None = None) -> list[str]:
-    """log_result for every row of a results table; artifacts per run: its training set, the shared figures,
-    and for GRADMM methods the raw synthetic texts and the run's generation-health figure."""
-    import pandas as pd
+def trainset_path(result_file: str | Path | None, train_file: str | None, project_root: str | Path = ".") -> Path | None:
+    """The training set a result was fine-tuned on, or None when it cannot be found.
 
+    The file of that name in the trainsets/ folder beside the result's results/ folder comes first: results
+    copied out of the project they ran in (studies/full-profile/runs) still record `runs/<dataset>/...`,
+    which here may name another profile's set of the same name. Else `train_file` as recorded (absolute,
+    or relative to the project root it ran in)."""
+    if not train_file:
+        return None
+    candidates = [Path(train_file) if Path(train_file).is_absolute() else Path(project_root) / train_file]
+    if result_file:
+        candidates.insert(0, Path(result_file).parent.parent / "trainsets" / Path(train_file).name)
+    return next((p for p in candidates if p.is_file()), None)
+
+
+def result_key(result_file: str | Path, runs_dir: str | Path) -> str:
+    """A stable id of one result: its path below the results folder and its content (a re-run result is new)."""
+    result_file = Path(result_file)
+    try:
+        rel = result_file.resolve().relative_to(Path(runs_dir).resolve()).as_posix()
+    except ValueError:
+        rel = result_file.as_posix()
+    return hashlib.sha256(rel.encode() + b"\0" + result_file.read_bytes()).hexdigest()[:16]
+
+
+def _row_run(row: dict, params: dict, runs_dir, figures_dir, project_root) -> tuple[dict, list, dict]:
+    """A result row's params, artifacts (its training set; for GRADMM methods the raw synthetic texts and the
+    run's generation-health figure) and tags (its result key; TRAINSET_MISSING_TAG when the set is not found)."""
     from gradmm.report import generator_of, health_figure_path
 
+    tags = {}
+    if row.get("result_file") and Path(row["result_file"]).is_file():
+        tags[RESULT_KEY_TAG] = result_key(row["result_file"], runs_dir)
+    trainset = trainset_path(row.get("result_file"), row.get("train_file"), project_root)
+    if row.get("train_file") and trainset is None:
+        tags[TRAINSET_MISSING_TAG] = f"{row['train_file']} not found, nor beside the result"
+    artifacts = [(trainset, "trainset")]
+    generator = generator_of(row["method"])
+    if generator:
+        run_dir = Path(runs_dir) / row["dataset"] / "generated" / f"{generator}-seed{row['seed']}"
+        artifacts += [(run_dir / "raw.jsonl", "synthetic"),
+                      (health_figure_path(figures_dir, row["dataset"], run_dir.name), "figures")]
+    p = relevant_params(params, row["method"], row["dataset"], row.get("model"), row.get("n_per_class"))
+    return p, artifacts, tags
+
+
+def _rows(df) -> list[dict]:
+    import pandas as pd
+
+    return [{k: v for k, v in row.items() if not pd.isna(v)} for row in df.to_dict("records")]  # NaN / <NA> out
+
+
+def log_results(df, experiment: str, params: dict, project_root: str | Path = ".", runs_dir: str | Path = "runs",
+                figures=(), figures_dir: str | Path = "reports/figures", tags: dict | None = None) -> list[str]:
+    """log_result for every row of a results table (artifacts: see _row_run); the report files shared by all
+    rows (`figures`: tables, figures) go once into one report run (log_report), not into each run."""
     run_ids = []
-    for row in df.to_dict("records"):
-        row = {k: v for k, v in row.items() if not pd.isna(v)}  # NaN / <NA> (no dev accuracy, say) out
-        artifacts = [(row.get("train_file"), "trainset"), *[(f, "report") for f in figures]]
-        generator = generator_of(row["method"])
-        if generator:
-            run_dir = Path(runs_dir) / row["dataset"] / "generated" / f"{generator}-seed{row['seed']}"
-            artifacts += [(run_dir / "raw.jsonl", "synthetic"),
-                          (health_figure_path(figures_dir, row["dataset"], run_dir.name), "figures")]
-        p = relevant_params(params, row["method"], row["dataset"], row.get("model"), row.get("n_per_class"))
-        run_id = log_result(experiment, row, p, artifacts, tags, project_root)
+    for row in _rows(df):
+        p, artifacts, row_tags = _row_run(row, params, runs_dir, figures_dir, project_root)
+        run_id = log_result(experiment, row, p, artifacts, {**(tags or {}), **row_tags}, project_root)
         if run_id:
             run_ids.append(run_id)
+    if figures:
+        log_report(experiment, figures, tags, project_root)
     return run_ids
+
+
+def log_report(experiment: str, files, tags: dict | None = None, project_root: str | Path = ".") -> str | None:
+    """One run (tag REPORT_KIND_TAG = report) holding the report files of a set of result runs; its run id, or
+    None (with a warning) if MLflow failed."""
+    try:
+        with quiet():
+            client = _client(tracking_uri(project_root))
+            all_tags = {"git_commit": git_commit(project_root), REPORT_KIND_TAG: "report",
+                        "mlflow.note.content": "The report files (tables, figures) of this experiment's result runs",
+                        **{k: str(v) for k, v in (tags or {}).items()}}
+            name = "-".join(["report", *[str(all_tags[k]) for k in ("profile",) if k in all_tags]])
+            run_id = client.create_run(_experiment_id(client, experiment, project_root), run_name=name,
+                                       tags=all_tags).info.run_id
+            for path in files:
+                if Path(path).is_file():
+                    client.log_artifact(run_id, str(path), "report")
+            client.set_terminated(run_id)
+            return run_id
+    except Exception as err:  # noqa: BLE001 - the report files are already on disk
+        warnings.warn(f"MLflow logging of the report files failed ({type(err).__name__}: {err})", RuntimeWarning,
+                      stacklevel=2)
+        return None
+
+
+# ------------------------------------------------------------------------------ committed results in
+@contextlib.contextmanager
+def sqlite_without_fsync():
+    """New sqlite connections skip fsync (PRAGMA synchronous = OFF) inside the block: ~10 commits a run at
+    ~10 ms each on a slow disk are most of an import's time. Safe against a crash of this process; only an OS
+    crash mid-import could corrupt the store, and the committed results can be imported again."""
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    def no_fsync(dbapi_connection, _record):
+        if type(dbapi_connection).__module__.startswith("sqlite3"):
+            dbapi_connection.execute("PRAGMA synchronous = OFF")
+
+    event.listen(Engine, "connect", no_fsync)
+    try:
+        yield
+    finally:
+        event.remove(Engine, "connect", no_fsync)
+
+
+def _logged_keys(client, experiment: str) -> set[str]:
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return set()
+    keys, token = set(), None
+    while True:
+        page = client.search_runs([exp.experiment_id], filter_string=f"tags.`{RESULT_KEY_TAG}` LIKE '%'",
+                                  max_results=1000, page_token=token)
+        keys.update(r.data.tags[RESULT_KEY_TAG] for r in page)
+        token = page.token
+        if not token:
+            return keys
+
+
+def import_results(runs_dir: str | Path = DEFAULT_IMPORT_DIR, experiment: str = CLASSIFICATION_EXPERIMENT,
+                   project_root: str | Path = ".") -> dict:
+    """One MLflow run per `<runs_dir>/<dataset>/results/*.json` not logged yet (keyed by RESULT_KEY_TAG), as
+    log_results logs them, with the params of `<runs_dir>/../params.yaml` (else the project's), plus one report
+    run with the classification table and figure of all of them. Returns the counts: added, skipped (logged
+    before), failed (MLflow refused), trainsets_missing (tagged TRAINSET_MISSING_TAG), report (added or not)."""
+    from gradmm import report
+    from gradmm.config import read_params
+
+    runs_dir = Path(runs_dir)
+    if not runs_dir.is_dir():
+        raise FileNotFoundError(f"results folder {runs_dir} does not exist: pass a folder holding "
+                                f"<dataset>/results/*.json (default {DEFAULT_IMPORT_DIR})")
+    df = report.collect_results(runs_dir)
+    if df.empty:
+        raise FileNotFoundError(f"no results in {runs_dir}: expected {runs_dir}/<dataset>/results/*.json")
+    params_file = next((p for p in (runs_dir.parent / "params.yaml", Path(project_root) / "params.yaml")
+                        if p.is_file()), None)
+    params = read_params(params_file) if params_file else {}
+    with sqlite_without_fsync():
+        return _import_rows(df, runs_dir, params, experiment, project_root)
+
+
+def _import_rows(df, runs_dir: Path, params: dict, experiment: str, project_root) -> dict:
+    import tempfile
+
+    from gradmm import report
+
+    with quiet():
+        logged = _logged_keys(_client(tracking_uri(project_root)), experiment)
+    # Where the results came from, not this machine: the result files do not record their device.
+    source = {"imported_from": runs_dir.as_posix(), "device": "unknown (imported)"}
+    counts = {"added": 0, "skipped": 0, "failed": 0, "trainsets_missing": 0, "report": False}
+    keys = []
+    for row in _rows(df):
+        p, artifacts, tags = _row_run(row, params, runs_dir, runs_dir.parent / "reports" / "figures", project_root)
+        keys.append(tags[RESULT_KEY_TAG])
+        if tags[RESULT_KEY_TAG] in logged:
+            counts["skipped"] += 1
+            continue
+        counts["trainsets_missing"] += TRAINSET_MISSING_TAG in tags
+        run_id = log_result(experiment, row, p, artifacts, {**source, **tags}, project_root)
+        counts["added" if run_id else "failed"] += 1
+    report_key = hashlib.sha256("".join(sorted(keys)).encode()).hexdigest()[:16]
+    if report_key not in logged:
+        with tempfile.TemporaryDirectory() as tmp:
+            files = [Path(tmp) / "classification.csv", Path(tmp) / "classification.md", Path(tmp) / "classification.png"]
+            report.write_classification_table(df, files[0])
+            report.write_markdown_summary(df, files[1], title=f"Classification ({runs_dir.as_posix()}): test accuracy (%)")
+            report.plot_classification(df, files[2])
+            counts["report"] = log_report(experiment, files, {**source, RESULT_KEY_TAG: report_key}, project_root) is not None
+    return counts
