@@ -21,11 +21,11 @@ import time
 import torch
 import torch.nn.functional as F
 
-from gradmm.admm import GenerateConfig, Layout, Problem, run_batch
-from gradmm.data import DataConfig, load_task
-from gradmm.matching import class_targets, head_logits
-from gradmm.models import input_embeddings, last_hidden, load_model, output_head
-from gradmm.projection import allowed_token_mask, project_to_tokens_naive
+from gradmm.core.admm import GenerateConfig, Layout, Problem, run_batch
+from gradmm.core.data import DataConfig, load_task
+from gradmm.core.matching import class_targets, head_logits
+from gradmm.core.models import input_embeddings, last_hidden, load_model, output_head
+from gradmm.core.projection import allowed_token_mask, project_to_tokens_naive
 
 
 def timed(fn, repeats: int) -> float:
@@ -56,7 +56,7 @@ def main(argv=None) -> str:
     suffix = tok(task.template.suffix, add_special_tokens=False).input_ids
     cfg = GenerateConfig(topk=args.topk, inner_steps=args.inner, outer_steps=1, init_candidates=1,
                          batch_size=args.batch)
-    from gradmm.generate import decoding_prefix_ids
+    from gradmm.methods.generate import decoding_prefix_ids
     prefix = decoding_prefix_ids(tok, task, 1, cfg)
     problem = Problem(model, target, Layout([], suffix, args.seq_len), prefix, allowed_token_mask(tok), cfg)
     torch.manual_seed(0)

@@ -25,13 +25,13 @@ import time
 
 import torch
 
-from gradmm.admm import GenerateConfig, Layout, Problem, run_batch
-from gradmm.data import DataConfig, load_task
-from gradmm.finetune import classification_loss
-from gradmm.matching import class_targets
-from gradmm.models import input_embeddings, load_tokenizer
-from gradmm.projection import allowed_token_mask
-from gradmm.scoring import first_label_ids
+from gradmm.core.admm import GenerateConfig, Layout, Problem, run_batch
+from gradmm.core.data import DataConfig, load_task
+from gradmm.methods.finetune import classification_loss
+from gradmm.core.matching import class_targets
+from gradmm.core.models import input_embeddings, load_tokenizer
+from gradmm.core.projection import allowed_token_mask
+from gradmm.core.scoring import first_label_ids
 
 ARCHS = {  # the published configs' shapes
     "smollm2": ("LlamaForCausalLM", dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
@@ -79,7 +79,7 @@ def setup(arch, device, args):
                          init_candidates=args.init_candidates, lr=0.008, rho=0.1)
     target = class_targets(model, tok, task.pool, task.template)[1]
     suffix = tok(task.template.suffix, add_special_tokens=False).input_ids
-    from gradmm.generate import decoding_prefix_ids
+    from gradmm.methods.generate import decoding_prefix_ids
 
     prefix = decoding_prefix_ids(tok, task, 1, cfg)
     allowed = allowed_token_mask(tok, input_embeddings(model).shape[0])

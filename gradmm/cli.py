@@ -12,9 +12,9 @@ from pathlib import Path
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from gradmm.config import as_dict, load_config
-from gradmm.data import DATASETS, DataConfig, check_dataset_name
-from gradmm.models import OFFLINE_MODELS, ModelConfig, check_model_name
-from gradmm.records import check_writable
+from gradmm.core.data import DATASETS, DataConfig, check_dataset_name
+from gradmm.core.models import OFFLINE_MODELS, ModelConfig, check_model_name
+from gradmm.io.records import check_writable
 
 log = logging.getLogger("gradmm")
 # Mistakes in what the user gave (bad values, missing or unreadable files, unwritable outputs, missing fields):
@@ -57,9 +57,9 @@ def _data_model(args) -> tuple[DataConfig, ModelConfig]:
 
 
 def cmd_evaluate(args) -> dict:
-    from gradmm.data import load_task
-    from gradmm.models import load_model
-    from gradmm.scoring import icl_accuracy
+    from gradmm.core.data import load_task
+    from gradmm.core.models import load_model
+    from gradmm.core.scoring import icl_accuracy
 
     data_cfg, model_cfg = _data_model(args)
     if args.output:
@@ -80,8 +80,8 @@ def cmd_evaluate(args) -> dict:
 
 def _task(args, data_cfg: DataConfig):
     """The prepared task folder given by --task, else the task built from the data params."""
-    from gradmm.data import load_task
-    from gradmm.experiment import task_from_dir
+    from gradmm.core.data import load_task
+    from gradmm.methods.trainsets import task_from_dir
 
     if getattr(args, "task", None) and getattr(args, "template", None):
         raise ValueError(f"--template {args.template!r} with --task {args.task}: a prepared task keeps the template "
@@ -91,8 +91,8 @@ def _task(args, data_cfg: DataConfig):
 
 def _rows_task_model(args, data_cfg, model_cfg, path: str, what: str):
     """The jsonl rows a stage reads, its task and its model; a missing file fails before the model loads."""
-    from gradmm.models import load_model
-    from gradmm.records import read_text_rows
+    from gradmm.core.models import load_model
+    from gradmm.io.records import read_text_rows
 
     if not Path(path).is_file():
         raise FileNotFoundError(f"{path} does not exist: {what}")
@@ -101,7 +101,7 @@ def _rows_task_model(args, data_cfg, model_cfg, path: str, what: str):
 
 
 def _variant(args) -> list[str]:
-    from gradmm.experiment import GENERATORS, variant_overrides
+    from gradmm.methods.trainsets import GENERATORS, variant_overrides
 
     if getattr(args, "variant", None) is None:
         return list(args.overrides)
@@ -111,8 +111,8 @@ def _variant(args) -> list[str]:
 
 
 def cmd_prepare(args) -> None:
-    from gradmm.data import load_task
-    from gradmm.experiment import write_task
+    from gradmm.core.data import load_task
+    from gradmm.methods.trainsets import write_task
 
     data_cfg, _ = _data_model(args)
     check_writable(Path(args.out), directory=True)
@@ -122,8 +122,8 @@ def cmd_prepare(args) -> None:
 
 
 def cmd_generate(args) -> dict:
-    from gradmm.admm import GenerateConfig, check_config
-    from gradmm.generate import DPConfig, check_dp, generate
+    from gradmm.core.admm import GenerateConfig, check_config
+    from gradmm.methods.generate import DPConfig, check_dp, generate
 
     overrides = _variant(args)
     if args.seed is not None:
@@ -143,9 +143,9 @@ def cmd_generate(args) -> dict:
 
 
 def cmd_filter(args) -> dict:
-    from gradmm.filtering import FilterConfig, check_config, filter_rows
-    from gradmm.generate import DPConfig
-    from gradmm.records import write_json, write_jsonl
+    from gradmm.methods.filtering import FilterConfig, check_config, filter_rows
+    from gradmm.methods.generate import DPConfig
+    from gradmm.io.records import write_json, write_jsonl
 
     overrides = _variant(args)
     data_cfg, model_cfg = _data_model(args)
@@ -173,7 +173,7 @@ def cmd_filter(args) -> dict:
 
 def _experiment(args):
     """The experiment section at this call's budget (--n-per-class, else experiment.n_per_class's only one)."""
-    from gradmm.experiment import ExperimentConfig, at_budget, check_experiment
+    from gradmm.methods.trainsets import ExperimentConfig, at_budget, check_experiment
 
     cfg = load_config(ExperimentConfig, "experiment", args.params, args.overrides)
     check_experiment(cfg)
@@ -181,10 +181,10 @@ def _experiment(args):
 
 
 def cmd_baseline(args) -> dict:
-    from gradmm.experiment import BASELINES, baseline_trainset
-    from gradmm.filtering import FilterConfig
-    from gradmm.models import load_model
-    from gradmm.records import write_json, write_jsonl
+    from gradmm.methods.trainsets import BASELINES, baseline_trainset
+    from gradmm.methods.filtering import FilterConfig
+    from gradmm.core.models import load_model
+    from gradmm.io.records import write_json, write_jsonl
 
     if args.method not in BASELINES:
         raise ValueError(f"unknown baseline {args.method!r}: use one of {list(BASELINES)}")
@@ -203,9 +203,9 @@ def cmd_baseline(args) -> dict:
 
 
 def cmd_finetune(args) -> dict:
-    from gradmm.experiment import check_method, evaluate_method
-    from gradmm.finetune import FinetuneConfig, check_config
-    from gradmm.records import write_json
+    from gradmm.methods.trainsets import check_method, evaluate_method
+    from gradmm.methods.finetune import FinetuneConfig, check_config
+    from gradmm.io.records import write_json
 
     check_method(args.method)
     data_cfg, model_cfg = _data_model(args)
@@ -226,9 +226,9 @@ def cmd_finetune(args) -> dict:
 
 
 def cmd_diagnose(args) -> list:
-    from gradmm.diagnostics import format_distances, target_distances
-    from gradmm.models import load_model
-    from gradmm.records import read_text_rows, write_json
+    from gradmm.core.diagnostics import format_distances, target_distances
+    from gradmm.core.models import load_model
+    from gradmm.io.records import read_text_rows, write_json
 
     data_cfg, model_cfg = _data_model(args)
     if args.out:
@@ -245,10 +245,10 @@ def cmd_diagnose(args) -> list:
 
 
 def cmd_study(args) -> list:
-    from gradmm.experiment import ExperimentConfig
-    from gradmm.filtering import FilterConfig
-    from gradmm.finetune import FinetuneConfig, check_config
-    from gradmm.study import StudyConfig, check_study, finetune_overrides, run_cell, screen_config
+    from gradmm.methods.trainsets import ExperimentConfig
+    from gradmm.methods.filtering import FilterConfig
+    from gradmm.methods.finetune import FinetuneConfig, check_config
+    from gradmm.experiments.variants import StudyConfig, check_study, finetune_overrides, run_cell, screen_config
 
     data_cfg, model_cfg = _data_model(args)
     cfg = load_config(StudyConfig, "study", args.params, args.overrides)
@@ -272,11 +272,11 @@ def cmd_study(args) -> list:
 
 
 def cmd_privacy_attacks(args) -> dict:
-    from gradmm.attacks import PrivacyConfig, check_privacy, membership_summary, run_attacks
-    from gradmm.experiment import ExperimentConfig
-    from gradmm.filtering import FilterConfig
-    from gradmm.finetune import FinetuneConfig, check_config
-    from gradmm.study import StudyConfig, check_study, finetune_overrides
+    from gradmm.experiments.privacy import PrivacyConfig, check_privacy, membership_summary, run_attacks
+    from gradmm.methods.trainsets import ExperimentConfig
+    from gradmm.methods.filtering import FilterConfig
+    from gradmm.methods.finetune import FinetuneConfig, check_config
+    from gradmm.experiments.variants import StudyConfig, check_study, finetune_overrides
 
     data_cfg, model_cfg = _data_model(args)
     cfg = load_config(PrivacyConfig, "privacy", args.params, args.overrides)
@@ -296,7 +296,7 @@ def cmd_privacy_attacks(args) -> dict:
 
 
 def cmd_transfer(args) -> list:
-    from gradmm.transfer import run_target, settings
+    from gradmm.experiments.transfer import run_target, settings
 
     data_cfg, model_cfg = _data_model(args)
     cfg, _, ft = settings(args.params, args.overrides)
@@ -309,7 +309,7 @@ def cmd_transfer(args) -> list:
 
 
 def cmd_transfer_report(args) -> None:
-    from gradmm.transfer import settings, write_report
+    from gradmm.experiments.transfer import settings, write_report
 
     cfg = settings(args.params)[0] if args.study else None
     write_report(args.runs, args.reports, args.study, cfg, args.name)
@@ -317,7 +317,7 @@ def cmd_transfer_report(args) -> None:
 
 
 def cmd_study_report(args) -> None:
-    from gradmm.study import write_report
+    from gradmm.experiments.variants import write_report
 
     df = write_report(args.runs, args.reports, None if args.no_mlflow else args.params)
     print((Path(args.reports) / "tables" / "variants.md").read_text())
@@ -325,7 +325,7 @@ def cmd_study_report(args) -> None:
 
 
 def cmd_mlflow_import(args) -> None:
-    from gradmm.tracking import CLASSIFICATION_EXPERIMENT, DEFAULT_IMPORT_DIR, import_results, tracking_uri
+    from gradmm.reporting.tracking import CLASSIFICATION_EXPERIMENT, DEFAULT_IMPORT_DIR, import_results, tracking_uri
 
     args.experiment = args.experiment or CLASSIFICATION_EXPERIMENT
     c = import_results(args.runs or DEFAULT_IMPORT_DIR, args.experiment, args.project_root)
@@ -336,7 +336,7 @@ def cmd_mlflow_import(args) -> None:
 
 
 def cmd_runtimes(args) -> None:
-    from gradmm.runtimes import read_stage_times, runtime_summary
+    from gradmm.reporting.runtimes import read_stage_times, runtime_summary
 
     times = Path(args.times)
     if not times.is_file():
@@ -346,7 +346,7 @@ def cmd_runtimes(args) -> None:
 
 def cmd_profile(args) -> None:
     from gradmm.config import apply_profile
-    from gradmm.paths import PROJECT_ROOT
+    from gradmm.io.paths import PROJECT_ROOT
 
     changed = apply_profile(PROJECT_ROOT / "profiles" / f"{args.name}.yaml", args.params)
     print(f"profile {args.name}: {len(changed)} values changed in {args.params}"
@@ -358,7 +358,7 @@ def cmd_info(args) -> None:
     import transformers
 
     from gradmm import __version__
-    from gradmm.paths import cache_dir, data_dir
+    from gradmm.io.paths import cache_dir, data_dir
 
     print(f"gradmm {__version__}, python {platform.python_version()}, torch {torch.__version__}, "
           f"transformers {transformers.__version__}")

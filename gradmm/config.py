@@ -30,16 +30,16 @@ def load_yaml(text: str):
 
 def section_classes() -> dict:
     """The config dataclass of each params.yaml section (imported here, not at the top: they import config)."""
-    from gradmm.admm import GenerateConfig
-    from gradmm.attacks import PrivacyConfig
-    from gradmm.data import DataConfig
-    from gradmm.experiment import ExperimentConfig
-    from gradmm.filtering import FilterConfig
-    from gradmm.finetune import FinetuneConfig
-    from gradmm.generate import DPConfig
-    from gradmm.models import ModelConfig
-    from gradmm.study import StudyConfig
-    from gradmm.transfer import TransferConfig
+    from gradmm.core.admm import GenerateConfig
+    from gradmm.experiments.privacy import PrivacyConfig
+    from gradmm.core.data import DataConfig
+    from gradmm.methods.trainsets import ExperimentConfig
+    from gradmm.methods.filtering import FilterConfig
+    from gradmm.methods.finetune import FinetuneConfig
+    from gradmm.methods.generate import DPConfig
+    from gradmm.core.models import ModelConfig
+    from gradmm.experiments.variants import StudyConfig
+    from gradmm.experiments.transfer import TransferConfig
 
     return {"data": DataConfig, "model": ModelConfig, "generate": GenerateConfig, "dp": DPConfig,
             "filter": FilterConfig, "finetune": FinetuneConfig, "experiment": ExperimentConfig, "study": StudyConfig,

@@ -1,4 +1,4 @@
-"""Does the X-step still follow the DP class target? Label-row SNR and X-gradient cosine per ε (gradmm.dp_fidelity).
+"""Does the X-step still follow the DP class target? Label-row SNR and X-gradient cosine per ε (gradmm.experiments.dp_fidelity).
 
 Reads params.yaml (data, model, generate, dp and privacy.epsilons) and writes OUT_DIR/dp_fidelity.{csv,md}.
 
@@ -17,11 +17,11 @@ from pathlib import Path
 import torch
 
 from gradmm.config import load_config, read_params
-from gradmm.data import DataConfig, check_dataset_name, load_task
-from gradmm.dp_fidelity import COLUMNS, check_settings, markdown, measure
-from gradmm.generate import DPConfig, GenerateConfig
-from gradmm.models import ModelConfig, check_model_name, load_model
-from gradmm.records import write_text
+from gradmm.core.data import DataConfig, check_dataset_name, load_task
+from gradmm.experiments.dp_fidelity import COLUMNS, check_settings, markdown, measure
+from gradmm.methods.generate import DPConfig, GenerateConfig
+from gradmm.core.models import ModelConfig, check_model_name, load_model
+from gradmm.io.records import write_text
 
 
 def main(argv=None) -> int:

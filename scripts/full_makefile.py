@@ -1,7 +1,7 @@
 """Write RUN_DIR/Makefile: the classification stages of dvc.yaml under a given params file (e.g. the full
 profile), for running them outside DVC: `make -k -j N` runs the stages' own commands in dependency order, N
 at a time, appends each command's exit code, wall time (ms) and stage name to times.tsv (read by
-gradmm.runtimes) and its output to logs/<stage>.log. Stages whose outputs already exist in RUN_DIR are left
+gradmm.reporting.runtimes) and its output to logs/<stage>.log. Stages whose outputs already exist in RUN_DIR are left
 out, so a second call resumes (a generation's checkpoints resume inside it). A directory output stands for a
 marker file its stage writes last (a generation's raw.jsonl, a prepared task's meta.json). An upstream
 output that is missing but no longer needed (raw texts whose training sets exist) is not re-made.

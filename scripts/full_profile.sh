@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The full profile (issue 4; hours on CPU), resumable: bash scripts/full_profile.sh [RUN_DIR] (default
+# The full profile (profiles/full.yaml; hours on CPU), resumable: bash scripts/full_profile.sh [RUN_DIR] (default
 # studies/full-profile; JOBS=2 stages at a time, one thread each; MACHINE labels the runtimes). It leaves params.yaml (the quick profile) alone:
 #   1. RUN_DIR/params.yaml = params.yaml + profiles/full.yaml (kept when it exists: a resumed run keeps its settings)
 #   2. RUN_DIR/Makefile: the pipeline's own stage commands (dvc.yaml under those params), what is not done yet

@@ -3,26 +3,26 @@ import random
 
 import pytest
 
-from gradmm.data import DataConfig, Example, Task, TEMPLATES
+from gradmm.core.data import DataConfig, Example, Task, TEMPLATES
 
 
 @pytest.fixture(scope="session")
 def tiny():
-    from gradmm.models import load_model
+    from gradmm.core.models import load_model
 
     return load_model("tiny-random", device="cpu")
 
 
 @pytest.fixture(scope="session")
 def tiny_untied():
-    from gradmm.models import load_model
+    from gradmm.core.models import load_model
 
     return load_model("tiny-random-untied", device="cpu")
 
 
 @pytest.fixture(scope="session")
 def smollm2():
-    from gradmm.models import load_model
+    from gradmm.core.models import load_model
 
     return load_model("smollm2-135m", device="cpu")
 

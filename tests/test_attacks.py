@@ -6,7 +6,7 @@ import math
 import pytest
 import yaml
 
-from gradmm.attacks import (PrivacyConfig, attack_tables, canaried_task, check_privacy, dp_sweep_summary,
+from gradmm.experiments.privacy import (PrivacyConfig, attack_tables, canaried_task, check_privacy, dp_sweep_summary,
                             write_attack_report)
 from gradmm.cli import main
 from tests.test_study import PARAMS, _study, project  # noqa: F401 (the fixture)
@@ -43,7 +43,7 @@ def test_membership_canaries_and_the_dp_sweep(attacked):
     summ = dp_sweep_summary(tables["dp_sweep"])
     assert summ.epsilon.tolist() == [math.inf, 1.0]  # ∞ = the study's gradmm cell
     assert math.isinf(summ.snr.iloc[0]) and 0 < summ.snr.iloc[1] < math.inf  # DP noise: a finite SNR
-    from gradmm.experiment import task_from_dir
+    from gradmm.methods.trainsets import task_from_dir
 
     report = write_attack_report(tables, {"toy": task_from_dir(attacked / "task")}, attacked / "reports")
     assert set(report) == {"membership", "canaries", "dp_sweep"}
@@ -59,7 +59,7 @@ def test_membership_canaries_and_the_dp_sweep(attacked):
 
 
 def test_canaries_join_the_pool_with_every_class(project):  # noqa: F811
-    from gradmm.experiment import task_from_dir
+    from gradmm.methods.trainsets import task_from_dir
 
     task = task_from_dir(project / "task")
     ctask, canaries = canaried_task(task, PrivacyConfig(canaries=3, canary_repeats=2))

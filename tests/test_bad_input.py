@@ -25,7 +25,7 @@ def project(tmp_path, monkeypatch):
     def no_model(*args, **kwargs):
         raise AssertionError("a model was loaded before the bad input was found")
 
-    monkeypatch.setattr("gradmm.models.load_model", no_model)
+    monkeypatch.setattr("gradmm.core.models.load_model", no_model)
     return tmp_path
 
 
@@ -258,7 +258,7 @@ def test_a_corrupt_training_set_names_the_file_and_line(content, shown, project,
 
 def test_a_missing_paper_data_directory_names_the_options_that_exist(project, capsys, monkeypatch):
     monkeypatch.delenv("GRADMM_DATA_DIR", raising=False)
-    monkeypatch.setattr("gradmm.paths.SHARED_DATA_DIR", project / "no-shared-data")
+    monkeypatch.setattr("gradmm.io.paths.SHARED_DATA_DIR", project / "no-shared-data")
     code, text = run(stage_args("prepare", project) + ["--dataset", "rtpolarity"], capsys)
     assert_user_error(code, text, "--data-dir", "GRADMM_DATA_DIR")
     assert "download-data" not in text  # no such command
@@ -282,7 +282,7 @@ def test_concurrent_first_runs_share_the_tokenizer_cache(tmp_path, monkeypatch):
     both end with a complete folder (a shared temporary folder made one of them fail)."""
     from transformers import PreTrainedTokenizerBase
 
-    from gradmm import models
+    from gradmm.core import models
 
     models.load_tokenizer("tiny-random")  # the real cache, made once for every test: a fast copy to load from
     cached, from_pretrained = models.cache_dir() / "tokenizers" / "smollm2", models.AutoTokenizer.from_pretrained

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from gradmm import baselines
-from gradmm.baselines import (clean_generation, coverage_radius, generate_llm_texts, instruction, lm_features,
+from gradmm.methods import baselines
+from gradmm.methods.baselines import (clean_generation, coverage_radius, generate_llm_texts, instruction, lm_features,
                               llm_few_shot_gen, minilm_embeddings, select_coreset, select_herding, select_kcenter,
                               select_random)
-from gradmm.data import TEMPLATES, Example, Task
-from gradmm.models import load_model
+from gradmm.core.data import TEMPLATES, Example, Task
+from gradmm.core.models import load_model
 
 
 @pytest.fixture(scope="module")

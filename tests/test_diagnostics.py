@@ -1,4 +1,4 @@
-from gradmm.diagnostics import format_distances, target_distances
+from gradmm.core.diagnostics import format_distances, target_distances
 
 
 def test_target_distances_on_a_tiny_model(tiny, toy_task):

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from gradmm.diversity import distinct_n, ngram_set, ngrams, self_bleu, words
+from gradmm.experiments.diversity import distinct_n, ngram_set, ngrams, self_bleu, words
 
 
 def test_words_lowercase_and_drop_punctuation():

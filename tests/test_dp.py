@@ -3,10 +3,10 @@ import warnings
 import pytest
 import torch
 
-from gradmm.data import Example, TEMPLATES
-from gradmm.dp import (analytic_sigma, classical_sigma, clip_target, gaussian_delta, noise_generator, noisy_target, official_sigma,
+from gradmm.core.data import Example, TEMPLATES
+from gradmm.core.dp import (analytic_sigma, classical_sigma, clip_target, gaussian_delta, noise_generator, noisy_target, official_sigma,
                        per_example_norms, sensitivity)
-from gradmm.matching import class_targets, explicit_head_grad, match_loss
+from gradmm.core.matching import class_targets, explicit_head_grad, match_loss
 
 TEMPLATE = TEMPLATES["paper"]
 TEXTS = ["ok", "a wonderful, moving film", "terrible acting and an awful plot that goes on and on",
@@ -17,7 +17,7 @@ EXAMPLES = [Example(t, i % 2) for i, t in enumerate(TEXTS)]
 def exact_delta(sigma, eps, sens):
     """Balle & Wang 2018, Thm 8: the δ achieved by N(0, σ²) noise on a query of L2 sensitivity Δ.
 
-    Φ from torch.special (independent of gradmm.dp's math.erfc); the e^ε Φ(·) term in log space because
+    Φ from torch.special (independent of gradmm.core.dp's math.erfc); the e^ε Φ(·) term in log space because
     at large ε it is a far-left-tail value times a huge factor (statistics.NormalDist loses it to rounding).
     """
     a, b = sens / (2 * sigma), eps * sigma / sens

@@ -1,4 +1,4 @@
-"""Label-row SNR and the X-step cosine under DP noise (gradmm.dp_fidelity), on the tiny random models."""
+"""Label-row SNR and the X-step cosine under DP noise (gradmm.experiments.dp_fidelity), on the tiny random models."""
 
 import csv
 import importlib.util
@@ -8,14 +8,14 @@ import pytest
 import torch
 import yaml
 
-from gradmm.admm import GenerateConfig, Layout, Problem
-from gradmm.data import TEMPLATES
-from gradmm.dp import clip_target, noisy_target
-from gradmm.dp_fidelity import XStepGradient, fidelity, label_row_snr, measure
-from gradmm.generate import DPConfig
-from gradmm.matching import class_targets
-from gradmm.projection import allowed_token_mask
-from gradmm.scoring import prompt_ids
+from gradmm.core.admm import GenerateConfig, Layout, Problem
+from gradmm.core.data import TEMPLATES
+from gradmm.core.dp import clip_target, noisy_target
+from gradmm.experiments.dp_fidelity import XStepGradient, fidelity, label_row_snr, measure
+from gradmm.methods.generate import DPConfig
+from gradmm.core.matching import class_targets
+from gradmm.core.projection import allowed_token_mask
+from gradmm.core.scoring import prompt_ids
 
 from conftest import toy_examples
 

@@ -1,8 +1,8 @@
 import pytest
 
-from gradmm.experiment import (ExperimentConfig, all_methods, at_budget, baseline_trainset, budgets, check_experiment,
+from gradmm.methods.trainsets import (ExperimentConfig, all_methods, at_budget, baseline_trainset, budgets, check_experiment,
                                check_method, evaluate_method, result_file, task_from_dir, variant_overrides, write_task)
-from gradmm.finetune import FinetuneConfig
+from gradmm.methods.finetune import FinetuneConfig
 
 FT = FinetuneConfig(learning_rates=[1e-3], steps=2, batch_size=4)
 

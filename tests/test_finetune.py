@@ -4,11 +4,11 @@ import pytest
 import torch
 
 from gradmm.config import load_config
-from gradmm.data import TEMPLATES, Example, Task
-from gradmm.finetune import (FinetuneConfig, batch_order, check_config, classification_loss,
+from gradmm.core.data import TEMPLATES, Example, Task
+from gradmm.methods.finetune import (FinetuneConfig, batch_order, check_config, classification_loss,
                              finetune_and_evaluate, train_copy)
-from gradmm.models import load_model
-from gradmm.scoring import accuracy, first_label_ids, predict
+from gradmm.core.models import load_model
+from gradmm.core.scoring import accuracy, first_label_ids, predict
 
 TEMPLATE = TEMPLATES["paper"]
 POS = ["good good good", "good good", "very good good", "good good good good", "so good good"]

@@ -3,13 +3,13 @@ import json
 import pytest
 import torch
 
-import gradmm.admm as admm
-from gradmm.admm import GenerateConfig, Layout, Problem, run_batch
-from gradmm.data import DataConfig
-from gradmm.generate import DPConfig, build_targets, generate
-from gradmm.matching import class_targets
-from gradmm.models import ModelConfig
-from gradmm.projection import allowed_token_mask
+import gradmm.core.admm as admm
+from gradmm.core.admm import GenerateConfig, Layout, Problem, run_batch
+from gradmm.core.data import DataConfig
+from gradmm.methods.generate import DPConfig, build_targets, generate
+from gradmm.core.matching import class_targets
+from gradmm.core.models import ModelConfig
+from gradmm.core.projection import allowed_token_mask
 from tests.conftest import toy_examples
 
 TINY = ModelConfig(name="tiny-random", device="cpu")
@@ -27,7 +27,7 @@ def problem(tiny, toy_task):
 
 @pytest.fixture(scope="module")
 def toy_task():
-    from gradmm.data import TEMPLATES, Task
+    from gradmm.core.data import TEMPLATES, Task
     rows = toy_examples(20)
     return Task("toy", ["negative", "positive"], TEMPLATES["paper"], rows[:20], rows[20:30], rows[30:40])
 

@@ -5,7 +5,8 @@ import json
 
 import pytest
 
-from gradmm import report, tracking
+from gradmm.reporting import classification as report
+from gradmm.reporting import tracking
 from gradmm.cli import main
 
 SETS = {"few_shot-n2-seed0": [{"text": "a fine film", "label": 1}, {"text": "dull", "label": 0}],

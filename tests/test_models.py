@@ -3,7 +3,7 @@ import importlib.util
 import pytest
 import torch
 
-from gradmm.models import check_model_name, last_hidden, load_model, output_head
+from gradmm.core.models import check_model_name, last_hidden, load_model, output_head
 
 
 def test_tiny_models_tied_and_untied(tiny, tiny_untied):
@@ -69,7 +69,7 @@ def test_gemma3_is_the_real_model():
 def test_save_model_folder_tolerates_a_concurrent_writer(tiny, tmp_path):
     """Two pipeline stages converting the same GGUF at once: the late one keeps the first's folder, and
     neither deletes the other's temporary folder (the shared .tmp of old lost a full-profile stage)."""
-    from gradmm.models import save_model_folder
+    from gradmm.core.models import save_model_folder
 
     model, tok = tiny
     target = tmp_path / "models" / "m"

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from gradmm.data import TEMPLATES, Example
-from gradmm.privacy import (attack_metrics, candidate_log_perplexities, canary_exposure, canary_in_texts,
+from gradmm.core.data import TEMPLATES, Example
+from gradmm.experiments.privacy_metrics import (attack_metrics, candidate_log_perplexities, canary_exposure, canary_in_texts,
                             exact_match_rate, exposure_from_rank, leakage_vs_holdout, loss_attack_scores,
                             make_canaries, nearest_neighbour_similarity, ngram_overlap, per_example_losses,
                             random_secrets, reference_attack_scores)
@@ -17,7 +17,7 @@ POOL = ["the film was a wonderful surprise", "terrible acting and an awful plot"
 
 @pytest.fixture(scope="module")
 def tiny():
-    from gradmm.models import load_model
+    from gradmm.core.models import load_model
 
     torch.set_num_threads(1)
     return load_model("tiny-random", "cpu", "float32")
@@ -133,8 +133,8 @@ def test_reference_calibration_separates_what_the_loss_attack_cannot():
 
 
 def test_per_example_losses_match_the_finetuning_loss(tiny):
-    from gradmm.finetune import classification_loss
-    from gradmm.scoring import first_label_ids
+    from gradmm.methods.finetune import classification_loss
+    from gradmm.core.scoring import first_label_ids
 
     model, tok = tiny
     template = TEMPLATES["paper"]

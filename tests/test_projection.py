@@ -3,8 +3,8 @@ import copy
 import pytest
 import torch
 
-from gradmm.models import input_embeddings
-from gradmm.projection import (ORDERS, allowed_token_mask, embedding_only_decode, log_perplexity,
+from gradmm.core.models import input_embeddings
+from gradmm.core.projection import (ORDERS, allowed_token_mask, embedding_only_decode, log_perplexity,
                                nearest_tokens, project_to_tokens, project_to_tokens_naive)
 
 

@@ -1,4 +1,4 @@
-"""gradmm.report (tables, figures, generation health) and gradmm.tracking (MLflow, never fatal) on hand-made files."""
+"""gradmm.reporting.classification (tables, figures, generation health) and gradmm.reporting.tracking (MLflow, never fatal) on hand-made files."""
 
 import json
 import warnings
@@ -6,7 +6,8 @@ import warnings
 import pandas as pd
 import pytest
 
-from gradmm import report, tracking
+from gradmm.reporting import classification as report
+from gradmm.reporting import tracking
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -10,14 +10,14 @@ import textwrap
 import pytest
 import torch
 
-import gradmm.generate as generate_module
-from gradmm.admm import GenerateConfig
-from gradmm.dp import clip_target, noisy_target
-from gradmm.generate import DPConfig, build_targets, generate
-from gradmm.matching import class_targets
-from gradmm.models import ModelConfig
-from gradmm.tensorfiles import load_tensors
-from gradmm.worksharing import claimed_run_dir
+import gradmm.methods.generate as generate_module
+from gradmm.core.admm import GenerateConfig
+from gradmm.core.dp import clip_target, noisy_target
+from gradmm.methods.generate import DPConfig, build_targets, generate
+from gradmm.core.matching import class_targets
+from gradmm.core.models import ModelConfig
+from gradmm.io.tensorfiles import load_tensors
+from gradmm.io.worksharing import claimed_run_dir
 
 TINY = ModelConfig(name="tiny-random", device="cpu")
 FAST = dict(n_per_class=4, batch_size=2, outer_steps=2, inner_steps=2, topk=20, init_candidates=2, max_seq_len=10)
@@ -64,7 +64,7 @@ def test_a_truncated_checkpoint_names_its_file(toy_data, tmp_path):
 HOLD_CLAIM = textwrap.dedent("""
     import sys, time
     from pathlib import Path
-    from gradmm.worksharing import claimed_run_dir
+    from gradmm.io.worksharing import claimed_run_dir
     with claimed_run_dir(Path(sys.argv[1]), {"rho": 0.1}):
         print("claimed", flush=True)
         time.sleep(60)
@@ -119,7 +119,7 @@ def test_each_batch_rechecks_the_claim(toy_data, tmp_path, monkeypatch):
 
 
 def test_dp_noise_is_fresh_per_draw_and_per_class(tiny, toy_data):
-    from gradmm.data import load_task
+    from gradmm.core.data import load_task
     model, tok = tiny
     task = load_task(toy_data)
     clean = class_targets(model, tok, task.pool, task.template)
@@ -134,7 +134,7 @@ def test_dp_noise_is_fresh_per_draw_and_per_class(tiny, toy_data):
 
 
 def test_a_dp_run_writes_only_the_release_and_resumes_byte_identical(tiny, toy_data, tmp_path, monkeypatch):
-    from gradmm.data import load_task
+    from gradmm.core.data import load_task
     model, tok = tiny
     task = load_task(toy_data)
     dp = DPConfig(enabled=True, epsilon=1.0)

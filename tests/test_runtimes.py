@@ -1,4 +1,4 @@
-"""Stage runtimes (gradmm.runtimes) and the Makefile that runs the full profile's stages (scripts/full_makefile.py)."""
+"""Stage runtimes (gradmm.reporting.runtimes) and the Makefile that runs the full profile's stages (scripts/full_makefile.py)."""
 
 import importlib.util
 from pathlib import Path
@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gradmm import runtimes
+from gradmm.reporting import runtimes
 
 ROOT = Path(__file__).resolve().parent.parent
 

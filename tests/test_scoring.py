@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from gradmm.data import Example, Template, TEMPLATES
-from gradmm.scoring import (class_log_likelihoods, few_shot_prefix, first_label_ids, icl_accuracy,
+from gradmm.core.data import Example, Template, TEMPLATES
+from gradmm.core.scoring import (class_log_likelihoods, few_shot_prefix, first_label_ids, icl_accuracy,
                             label_token_ids, predict, sample_demos)
 
 
@@ -63,7 +63,7 @@ def test_smollm2_scores_obvious_reviews(smollm2):
 def test_prompts_get_the_bos_a_tokenizer_adds_by_default(tiny):
     import copy
 
-    from gradmm.scoring import bos_ids, prompt_ids
+    from gradmm.core.scoring import bos_ids, prompt_ids
 
     _, tok = tiny
     assert bos_ids(tok) == [] and prompt_ids(tok, "a b c") == tok("a b c", add_special_tokens=False).input_ids

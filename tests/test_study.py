@@ -6,9 +6,9 @@ import pytest
 import yaml
 
 from gradmm.cli import main
-from gradmm.data import TEMPLATES, Task
-from gradmm.experiment import write_task
-from gradmm.study import StudyConfig, check_study, collect, method_overrides, screen_config
+from gradmm.core.data import TEMPLATES, Task
+from gradmm.methods.trainsets import write_task
+from gradmm.experiments.variants import StudyConfig, check_study, collect, method_overrides, screen_config
 from tests.conftest import toy_examples
 
 PARAMS = {
@@ -75,7 +75,7 @@ def test_baselines_and_zero_shot_cells_and_the_report(project):
     assert (project / "reports" / "figures" / "variants.png").stat().st_size > 1000
     from mlflow.tracking import MlflowClient  # one MLflow run per result, with the variant's diagnostics
 
-    from gradmm.tracking import tracking_uri
+    from gradmm.reporting.tracking import tracking_uri
 
     client = MlflowClient(tracking_uri(project))  # the store the report wrote to (MLFLOW_TRACKING_URI wins)
     runs = client.search_runs([client.get_experiment_by_name("variants_study").experiment_id])
@@ -139,7 +139,7 @@ def _runs(rows):
 
 
 def test_the_dev_pick_uses_dev_only_and_the_variants_of_the_widest_grid():
-    from gradmm.study import comparisons, dev_pick, summary
+    from gradmm.experiments.variants import comparisons, dev_pick, summary
 
     df = _runs([("a", 10, "gradmm", [0.9, 0.9], 0.60), ("a", 10, "gradmm_review", [0.5, 0.5], 0.70),
                 ("b", 10, "gradmm", [0.9, 0.9], 0.60), ("b", 10, "gradmm_review", [0.5, 0.5], 0.70),
@@ -160,8 +160,8 @@ def test_gradmm_plus_is_the_committed_studys_dev_pick():
 
     import pandas as pd
 
-    from gradmm.experiment import GENERATORS
-    from gradmm.study import dev_pick, summary
+    from gradmm.methods.trainsets import GENERATORS
+    from gradmm.experiments.variants import dev_pick, summary
 
     table = Path(__file__).resolve().parent.parent / "reports" / "tables" / "variants.csv"
     pick = dev_pick(summary(pd.read_csv(table)))

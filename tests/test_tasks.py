@@ -9,18 +9,18 @@ import json
 import pandas as pd
 import pytest
 
-from gradmm import report
-from gradmm.admm import GenerateConfig
-from gradmm.baselines import instruction
+from gradmm.reporting import classification as report
+from gradmm.core.admm import GenerateConfig
+from gradmm.methods.baselines import instruction
 from gradmm.cli import build_parser
-from gradmm.data import TEMPLATES, DataConfig, load_task
-from gradmm.experiment import evaluate_method, task_from_dir, write_task
-from gradmm.filtering import FilterConfig, filter_rows
-from gradmm.finetune import FinetuneConfig, finetune_and_evaluate, label_logits
-from gradmm.generate import DPConfig, generate
-from gradmm.matching import hidden_and_logits
-from gradmm.models import ModelConfig
-from gradmm.scoring import first_label_ids, template_prompt
+from gradmm.core.data import TEMPLATES, DataConfig, load_task
+from gradmm.methods.trainsets import evaluate_method, task_from_dir, write_task
+from gradmm.methods.filtering import FilterConfig, filter_rows
+from gradmm.methods.finetune import FinetuneConfig, finetune_and_evaluate, label_logits
+from gradmm.methods.generate import DPConfig, generate
+from gradmm.core.matching import hidden_and_logits
+from gradmm.core.models import ModelConfig
+from gradmm.core.scoring import first_label_ids, template_prompt
 from tests.conftest import toy_examples
 
 TOPICS = ["world", "sports", "business", "science", "health"]

@@ -1,4 +1,4 @@
-"""gradmm.textstats and notebooks/02_privacy_perplexity.ipynb on a tiny fake study (tiny-random model, MiniLM)."""
+"""gradmm.experiments.text_stats and notebooks/02_privacy_perplexity.ipynb on a tiny fake study (tiny-random model, MiniLM)."""
 
 import math
 from pathlib import Path
@@ -6,10 +6,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from gradmm import textstats
-from gradmm.data import TEMPLATES, Task
-from gradmm.experiment import task_from_dir, write_task
-from gradmm.records import write_jsonl
+from gradmm.experiments import text_stats as textstats
+from gradmm.core.data import TEMPLATES, Task
+from gradmm.methods.trainsets import task_from_dir, write_task
+from gradmm.io.records import write_jsonl
 from tests.conftest import toy_examples
 
 ROOT = Path(__file__).resolve().parent.parent

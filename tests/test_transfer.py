@@ -6,8 +6,8 @@ import pytest
 import yaml
 
 from gradmm.cli import main
-from gradmm.data import TEMPLATES, Example, Task
-from gradmm.transfer import TransferConfig, check_transfer, collect, probe_result
+from gradmm.core.data import TEMPLATES, Example, Task
+from gradmm.experiments.transfer import TransferConfig, check_transfer, collect, probe_result
 from tests.test_study import PARAMS, _study, project  # noqa: F401 (the fixture)
 
 TRANSFER = {"datasets": ["toy"], "targets": ["tiny-random-untied", "minilm"], "n_per_class": 2,

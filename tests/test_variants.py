@@ -5,17 +5,17 @@ import json
 import pytest
 import torch
 
-import gradmm.admm as admm
-from gradmm.admm import GenerateConfig, Layout, Problem, check_config, run_batch
-from gradmm.data import TEMPLATES, Task
-from gradmm.experiment import GENERATORS
-from gradmm.filtering import FilterConfig, filter_rows
-from gradmm.generate import DPConfig, generate, matching_task
-from gradmm.matching import class_targets, joint_target, match_loss, hidden_and_logits
-from gradmm.models import ModelConfig
-from gradmm.projection import allowed_token_mask
-from gradmm.records import read_jsonl
-from gradmm.scoring import first_label_ids
+import gradmm.core.admm as admm
+from gradmm.core.admm import GenerateConfig, Layout, Problem, check_config, run_batch
+from gradmm.core.data import TEMPLATES, Task
+from gradmm.methods.trainsets import GENERATORS
+from gradmm.methods.filtering import FilterConfig, filter_rows
+from gradmm.methods.generate import DPConfig, generate, matching_task
+from gradmm.core.matching import class_targets, joint_target, match_loss, hidden_and_logits
+from gradmm.core.models import ModelConfig
+from gradmm.core.projection import allowed_token_mask
+from gradmm.io.records import read_jsonl
+from gradmm.core.scoring import first_label_ids
 from tests.conftest import toy_examples
 
 TINY = ModelConfig(name="tiny-random", device="cpu")
@@ -29,7 +29,7 @@ def task():
 
 
 def test_every_variant_is_a_valid_override_set():
-    from gradmm.experiment import variant_overrides
+    from gradmm.methods.trainsets import variant_overrides
 
     for name, sections in GENERATORS.items():
         assert set(sections) <= {"generate", "dp", "filter"}, name

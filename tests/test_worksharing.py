@@ -1,4 +1,4 @@
-"""Processes started with the same command share its work (gradmm.worksharing): nothing done twice, the same
+"""Processes started with the same command share its work (gradmm.io.worksharing): nothing done twice, the same
 files as one process, and a unit left by a dead process is taken over."""
 
 import json
@@ -6,7 +6,7 @@ import multiprocessing as mp
 import time
 from pathlib import Path
 
-from gradmm.worksharing import file_lock, shared_loop
+from gradmm.io.worksharing import file_lock, shared_loop
 
 
 def _hold(lock: str, done: str | None, seconds: float, ready) -> None:
@@ -52,7 +52,7 @@ def _count_batches(calls: str) -> None:
     """Make this process append "<pid> <seed>" to `calls` for each generation batch it runs."""
     import os
 
-    import gradmm.generate as generate_module
+    import gradmm.methods.generate as generate_module
 
     real = generate_module.run_batch
 
@@ -65,10 +65,10 @@ def _count_batches(calls: str) -> None:
 
 
 def _generate_counting(data_path: str, out: str, calls: str) -> None:
-    from gradmm.admm import GenerateConfig
-    from gradmm.data import DataConfig
-    from gradmm.generate import DPConfig, generate
-    from gradmm.models import ModelConfig
+    from gradmm.core.admm import GenerateConfig
+    from gradmm.core.data import DataConfig
+    from gradmm.methods.generate import DPConfig, generate
+    from gradmm.core.models import ModelConfig
 
     _count_batches(calls)
     data = DataConfig(dataset="local", source=data_path, label_names=["negative", "positive"], pool_per_class=10,
@@ -124,10 +124,10 @@ def test_two_processes_of_one_study_cell_share_its_generation(tmp_path):
     (a set lock held during the whole generation once serialised them)."""
     import shutil
 
-    from gradmm.experiment import write_task
-    from gradmm.paths import PROJECT_ROOT
+    from gradmm.methods.trainsets import write_task
+    from gradmm.io.paths import PROJECT_ROOT
     from tests.conftest import toy_examples
-    from gradmm.data import TEMPLATES, Task
+    from gradmm.core.data import TEMPLATES, Task
 
     rows = toy_examples(30)
     write_task(Task("toy", ["negative", "positive"], TEMPLATES["paper"], rows[:20], rows[20:40], rows[40:60]),

@@ -18,7 +18,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gradmm.paths import data_dir as resolve_data_dir
+from gradmm.io.paths import data_dir as resolve_data_dir
 
 
 @dataclass(frozen=True)
@@ -140,7 +140,7 @@ def _load_paper(name: str, cfg: DataConfig):
     if root is None:
         raise FileNotFoundError(
             f"dataset {name!r} needs a data directory holding {name}/ (the paper's splits): pass "
-            "data.data_dir / --data-dir or set GRADMM_DATA_DIR (with internet, gradmm.data.download_paper_data "
+            "data.data_dir / --data-dir or set GRADMM_DATA_DIR (with internet, gradmm.core.data.download_paper_data "
             f"fetches {name}/ into a folder); the default dataset 'tweets' needs none"
         )
     text_field, label_field = PAPER_FIELDS[name]
@@ -251,7 +251,7 @@ DATASETS = {
     "local": "your own .jsonl/.csv: data.source, text_field, label_field, label_names (named after the file)",
 }
 
-# The generation instruction's words per dataset (gradmm.baselines.instruction): what one text is, and what a
+# The generation instruction's words per dataset (gradmm.methods.baselines.instruction): what one text is, and what a
 # text of class {label} is. Other datasets: "text" and GENERIC_DESCRIPTION unless data.domain/description say.
 DOMAINS = {"rtpolarity": "movie review", "imdb": "movie review", "sst2": "movie review",
            "rotten_tomatoes": "movie review", "tweets": "tweet", "tweet_emotion": "tweet"}

@@ -21,9 +21,9 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from gradmm.dp import MECHANISMS, RELATIONS, clip_target, noisy_target
-from gradmm.matching import GRAM_DTYPE, Target, head_logits, match_loss
-from gradmm.models import last_hidden
+from gradmm.core.dp import MECHANISMS, RELATIONS, clip_target, noisy_target
+from gradmm.core.matching import GRAM_DTYPE, Target, head_logits, match_loss
+from gradmm.core.models import last_hidden
 
 
 def label_row_snr(noisy: Target) -> float:
@@ -134,11 +134,11 @@ def measure(model, tokenizer, task, gen, dp, epsilons: Sequence[float], draws: i
     kinds: "random" = GRADMM's initial batch (best of gen.init_candidates random batches by f against the
     clipped clean target); "lm" = embeddings of LM samples under the class instruction, in the template.
     """
-    from gradmm.admm import Layout, Problem, initialise
-    from gradmm.generate import decoding_prefix_ids, sequence_length
-    from gradmm.matching import class_targets
-    from gradmm.projection import allowed_token_mask
-    from gradmm.scoring import prompt_ids
+    from gradmm.core.admm import Layout, Problem, initialise
+    from gradmm.methods.generate import decoding_prefix_ids, sequence_length
+    from gradmm.core.matching import class_targets
+    from gradmm.core.projection import allowed_token_mask
+    from gradmm.core.scoring import prompt_ids
 
     check_settings(epsilons, draws, dp.mechanism, dp.relation, dp.delta, dp.clip_norm)
     for kind in kinds:
@@ -180,7 +180,7 @@ COLUMNS = ["dataset", "class", "x", "epsilon", "sigma", "draws", "batches", "who
 
 def markdown(rows: list[dict]) -> str:
     """The table of `measure`'s rows, with a caption that says what each column is."""
-    from gradmm.report import _markdown
+    from gradmm.reporting.classification import _markdown
 
     caption = ("DP fidelity: does the X-step still follow the class target under the DP noise? σ: the noise's "
                "per-coordinate std; whole SNR: ‖clean clipped target‖ / ‖noise‖ over the whole V×d (+V) "

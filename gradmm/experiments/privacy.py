@@ -4,7 +4,7 @@ Three measurements, each resumable (a finished part is a file under `--out` and 
 
 * membership inference (`membership.json`): a copy of the LM is fine-tuned on each attacked training set of the
   variants study (and on the whole generation pool, `full_real`, the reference where the pool *is* the training
-  data); the loss and the reference-calibrated attacks (gradmm.privacy) then tell pool members from as many dev
+  data); the loss and the reference-calibrated attacks (gradmm.experiments.privacy_metrics) then tell pool members from as many dev
   non-members, as ROC AUC and TPR at 1 % FPR;
 * canaries (`canaries/`): unique "my secret code is <digits> ..." sentences are added to the generation pool,
   GRADMM generates from it, and we count secrets in the synthetic texts and measure each secret's exposure
@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from gradmm.data import Example
-from gradmm.records import read_json, read_jsonl, write_json, write_jsonl
+from gradmm.core.data import Example
+from gradmm.io.records import read_json, read_jsonl, write_json, write_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +50,8 @@ class PrivacyConfig:
 
 
 def check_privacy(cfg: PrivacyConfig) -> None:
-    from gradmm.experiment import GENERATORS
-    from gradmm.study import STUDY_BASELINES
+    from gradmm.methods.trainsets import GENERATORS
+    from gradmm.experiments.variants import STUDY_BASELINES
 
     allowed = list(STUDY_BASELINES) + list(GENERATORS)
     bad = [m for m in cfg.methods if m not in allowed or m == "zero_shot"]
@@ -87,8 +87,8 @@ def _examples(rows) -> list[Example]:
 def membership_rows(model, tokenizer, task, sets: dict[str, list[dict]], ft_cfg, lr: float, seed: int,
                     members: int, progress: bool = True) -> list[dict]:
     """Loss and reference attacks on a copy of `model` fine-tuned on each set (plus `full_real`, the pool)."""
-    from gradmm.finetune import train_copy
-    from gradmm.privacy import (attack_metrics, loss_attack_scores, per_example_losses,
+    from gradmm.methods.finetune import train_copy
+    from gradmm.experiments.privacy_metrics import (attack_metrics, loss_attack_scores, per_example_losses,
                                 reference_attack_scores)
 
     size = min(members, len(task.pool), len(task.dev))
@@ -116,7 +116,7 @@ def membership_rows(model, tokenizer, task, sets: dict[str, list[dict]], ft_cfg,
 # Canaries
 def canaried_task(task, cfg: PrivacyConfig, seed: int = 0):
     """(task with the canaries appended to its pool, canaries); canary i gets class i mod n_classes."""
-    from gradmm.privacy import make_canaries
+    from gradmm.experiments.privacy_metrics import make_canaries
 
     canaries = make_canaries(cfg.canaries, seed)
     extra = [Example(c.text, i % task.n_classes) for i, c in enumerate(canaries) for _ in range(cfg.canary_repeats)]
@@ -125,7 +125,7 @@ def canaried_task(task, cfg: PrivacyConfig, seed: int = 0):
 
 def canary_exposures(models: dict, tokenizer, canaries, n_alternatives: int, seed: int = 0) -> list[dict]:
     """Exposure of every canary's secret under each of `models` ({name: model}), the same alternatives for all."""
-    from gradmm.privacy import canary_exposure, random_secrets
+    from gradmm.experiments.privacy_metrics import canary_exposure, random_secrets
 
     secrets = [c.secret for c in canaries]
     alternatives = random_secrets(n_alternatives, seed + 7, len(secrets[0]), exclude=secrets)
@@ -138,15 +138,15 @@ def canary_exposures(models: dict, tokenizer, canaries, n_alternatives: int, see
 def run_attacks(task, cfg: PrivacyConfig, study_cfg, params_file: str, model_cfg, ft_cfg, filter_cfg, exp_cfg,
                 study_dir: Path, out: Path, progress: bool = True) -> dict:
     """Membership inference, canaries and the DP sweep for one dataset; each part resumes from its files."""
-    from gradmm.admm import GenerateConfig, check_config
+    from gradmm.core.admm import GenerateConfig, check_config
     from gradmm.config import load_config
-    from gradmm.filtering import FilterConfig, filter_rows
-    from gradmm.finetune import train_copy
+    from gradmm.methods.filtering import FilterConfig, filter_rows
+    from gradmm.methods.finetune import train_copy
     from gradmm.config import as_dict
-    from gradmm.generate import DPConfig, generate, task_fingerprint
-    from gradmm.models import load_model
-    from gradmm.study import method_overrides, run_cell
-    from gradmm.textstats import training_sets
+    from gradmm.methods.generate import DPConfig, generate, task_fingerprint
+    from gradmm.core.models import load_model
+    from gradmm.experiments.variants import method_overrides, run_cell
+    from gradmm.experiments.text_stats import training_sets
 
     check_privacy(cfg)
     out = Path(out)
@@ -236,8 +236,8 @@ def attack_tables(privacy_dir, study_dir) -> dict[str, pd.DataFrame]:
 
 
 def dp_sweep_leakage(task, sweep: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
-    """Leakage (gradmm.textstats.leakage_rows) of each ε's training set; one row per ε."""
-    from gradmm.textstats import leakage_rows
+    """Leakage (gradmm.experiments.text_stats.leakage_rows) of each ε's training set; one row per ε."""
+    from gradmm.experiments.text_stats import leakage_rows
 
     sets = {f"eps={e:g}": read_jsonl(f) for e, f in sweep.drop_duplicates("epsilon")[["epsilon", "train_file"]]
             .itertuples(index=False)}

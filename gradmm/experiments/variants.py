@@ -24,8 +24,8 @@ from pathlib import Path
 import pandas as pd
 
 from gradmm.config import as_dict, build, config_hash
-from gradmm.records import read_json, read_jsonl, read_text_rows, write_json, write_jsonl
-from gradmm.worksharing import claimed_run_dir, file_lock, shared_loop
+from gradmm.io.records import read_json, read_jsonl, read_text_rows, write_json, write_jsonl
+from gradmm.io.worksharing import claimed_run_dir, file_lock, shared_loop
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ def screen_config(cfg: StudyConfig) -> StudyConfig:
 
 
 def check_study(cfg: StudyConfig) -> None:
-    from gradmm.experiment import GENERATORS
+    from gradmm.methods.trainsets import GENERATORS
 
     allowed = list(STUDY_BASELINES) + list(GENERATORS)
     unknown = [m for m in cfg.methods if m not in allowed]
@@ -72,9 +72,9 @@ def check_study(cfg: StudyConfig) -> None:
         raise ValueError(f"study.raw_per_class ({cfg.raw_per_class}) must be ≥ the largest budget {max(cfg.n_per_class)}")
     if not cfg.seeds or not cfg.generation_seeds:
         raise ValueError("study.seeds and study.generation_seeds must not be empty")
-    from gradmm.admm import GenerateConfig
+    from gradmm.core.admm import GenerateConfig
 
-    from gradmm.finetune import FinetuneConfig
+    from gradmm.methods.finetune import FinetuneConfig
 
     for section, cls in (("generate", GenerateConfig), ("finetune", FinetuneConfig)):
         bad = [k for k in getattr(cfg, section) if k not in cls.__dataclass_fields__]
@@ -88,7 +88,7 @@ def finetune_overrides(cfg: StudyConfig) -> list[str]:
 
 def method_overrides(method: str, cfg: StudyConfig, generation_seed: int) -> list[str]:
     """`section.key=value` overrides that configure a GRADMM variant inside the study."""
-    from gradmm.experiment import variant_overrides
+    from gradmm.methods.trainsets import variant_overrides
 
     # The study's schedule first, so that a variant's own settings (e.g. gradmm_converge's steps) win.
     return ([f"generate.{k}={json.dumps(v)}" for k, v in cfg.generate.items()] + variant_overrides(method)
@@ -104,12 +104,12 @@ def cell_experiment_keys(exp_cfg) -> dict:
 def run_cell(task, method: str, cfg: StudyConfig, params_file: str, model_cfg, finetune_cfg, filter_cfg,
              exp_cfg, out: Path, overrides: list[str] = (), progress: bool = True) -> list[dict]:
     """Run (or resume) one dataset × method cell; returns every result of the cell."""
-    from gradmm.admm import GenerateConfig, check_config
+    from gradmm.core.admm import GenerateConfig, check_config
     from gradmm.config import load_config
-    from gradmm.experiment import GENERATORS, baseline_trainset, evaluate_method
-    from gradmm.filtering import FilterConfig, check_config as check_filter, filter_rows
-    from gradmm.generate import DPConfig, check_dp, generate, task_fingerprint
-    from gradmm.models import load_model
+    from gradmm.methods.trainsets import GENERATORS, baseline_trainset, evaluate_method
+    from gradmm.methods.filtering import FilterConfig, check_config as check_filter, filter_rows
+    from gradmm.methods.generate import DPConfig, check_dp, generate, task_fingerprint
+    from gradmm.core.models import load_model
 
     check_study(cfg)
     if not task.dev or not task.test:
@@ -176,7 +176,7 @@ def run_cell(task, method: str, cfg: StudyConfig, params_file: str, model_cfg, f
                      "EMPTY training set" if result.get("empty_trainset") else f"{result['test_accuracy']:.3f}",
                      result.get("dev_accuracy"))
 
-        # Processes started with the same cell share its runs (gradmm.worksharing); a finished one is never redone.
+        # Processes started with the same cell share its runs (gradmm.io.worksharing); a finished one is never redone.
         shared_loop(runs, lambda run: out / ".locks" / result_path(run).name, lambda run: result_path(run).is_file(), run_one)
         results = [read_json(result_path(run)) for run in runs]
         return results
@@ -195,10 +195,10 @@ def variant_diagnostics(model, tokenizer, task, gen, raw: list[dict], n_sets: in
 
     import torch
 
-    from gradmm.diagnostics import bootstrap_ci
-    from gradmm.generate import DPConfig, build_targets, matching_task
-    from gradmm.matching import hidden_and_logits, match_loss
-    from gradmm.scoring import first_label_ids
+    from gradmm.core.diagnostics import bootstrap_ci
+    from gradmm.methods.generate import DPConfig, build_targets, matching_task
+    from gradmm.core.matching import hidden_and_logits, match_loss
+    from gradmm.core.scoring import first_label_ids
 
     mtask = matching_task(task, gen)
     targets, _ = build_targets(model, tokenizer, mtask, gen, DPConfig())  # clean targets: a diagnostic only
@@ -303,7 +303,7 @@ def dev_pick(summ: "pd.DataFrame") -> str | None:
     """The GRADMM variant (not gradmm_plus, the pick itself, nor the no-matching ablation) with the best dev accuracy averaged over its
     panels (dataset × n), among the variants run on the most panels (the grid's, not the screen's); None
     without a variant."""
-    from gradmm.experiment import GENERATORS
+    from gradmm.methods.trainsets import GENERATORS
 
     part = summ[summ.method.isin(set(GENERATORS) - {"gradmm_plus", "gradmm_no_matching"})]  # the ablation is no candidate
     if part.empty:
@@ -317,7 +317,7 @@ def comparisons(df: "pd.DataFrame", references=("llm_zero_shot_gen", "gradmm_no_
     """Per panel and GRADMM variant: the test-accuracy difference to each reference method and Welch's t-test p."""
     from scipy.stats import ttest_ind
 
-    from gradmm.experiment import GENERATORS
+    from gradmm.methods.trainsets import GENERATORS
 
     rows = []
     for (d, n), panel in df.groupby(["dataset", "n_per_class"]):
@@ -334,7 +334,7 @@ def comparisons(df: "pd.DataFrame", references=("llm_zero_shot_gen", "gradmm_no_
 
 def panel_table(summ: "pd.DataFrame") -> list[str]:
     """Markdown lines: one row per method, one column per dataset × n (test mean ± std)."""
-    from gradmm.report import format_accuracy, ordered_methods
+    from gradmm.reporting.classification import format_accuracy, ordered_methods
 
     panels = sorted({(r.dataset, r.n_per_class) for r in summ.itertuples()})
     cell = {(r.method, r.dataset, r.n_per_class): format_accuracy(r.mean, r.std, r.empty_runs, r.runs)
@@ -346,7 +346,7 @@ def panel_table(summ: "pd.DataFrame") -> list[str]:
 
 
 def markdown(summ: "pd.DataFrame", health_df: "pd.DataFrame", comp: "pd.DataFrame | None" = None) -> str:
-    from gradmm.report import format_accuracy, format_number
+    from gradmm.reporting.classification import format_accuracy, format_number
 
     lines = ["# Variants study: test accuracy (%) at equal budget", "",
              "Sorted by mean dev accuracy (the only split used to choose). `majority` = mean share of test "
@@ -396,7 +396,7 @@ def plot(df: "pd.DataFrame", path_png: str | Path):
     import matplotlib.pyplot as plt
     import seaborn as sns
 
-    from gradmm.report import fixed_jitter
+    from gradmm.reporting.classification import fixed_jitter
 
     order = summary(df).drop_duplicates("method")["method"].tolist()
     panels = df[["dataset", "n_per_class"]].drop_duplicates().values.tolist()
@@ -424,7 +424,7 @@ def log_to_mlflow(df: "pd.DataFrame", health_df: "pd.DataFrame", study_dir: str 
     variant's diagnostics (diag_*), artifacts: its training set, the variant's diagnostics and ADMM history."""
     import pandas as pd
 
-    from gradmm.tracking import log_result, relevant_params
+    from gradmm.reporting.tracking import log_result, relevant_params
 
     diag = {(r["dataset"], r["method"], r["generation_seed"]): r for r in health_df.to_dict("records")}
     ids = []

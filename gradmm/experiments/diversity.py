@@ -3,7 +3,7 @@
 A synthetic set that repeats itself teaches the fine-tuned model less than its size suggests; both metrics
 measure that repetition. distinct-n is high and self-BLEU low for a diverse set.
 
-`words` / `ngrams` are the word tokenisation shared with gradmm.privacy: lower-cased runs of letters and
+`words` / `ngrams` are the word tokenisation shared with gradmm.experiments.privacy_metrics: lower-cased runs of letters and
 digits (inner apostrophes kept, "isn't" is one word); punctuation and whitespace only separate words.
 """
 

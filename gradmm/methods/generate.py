@@ -13,17 +13,17 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 
-from gradmm.admm import GenerateConfig, JointProblem, Layout, Problem, check_config, run_batch
+from gradmm.core.admm import GenerateConfig, JointProblem, Layout, Problem, check_config, run_batch
 from gradmm.config import as_dict, config_hash
-from gradmm.data import DEFAULT_MAX_TEXT_TOKENS, TEMPLATES, DataConfig, Task, default_wording, load_task
-from gradmm.dp import MECHANISMS, noise_generator, noisy_target
-from gradmm.matching import Target, class_targets, joint_target
-from gradmm.scoring import first_label_ids, prompt_ids, template_prompt
-from gradmm.models import ModelConfig, load_model, load_tokenizer
-from gradmm.projection import allowed_token_mask
-from gradmm.records import write_json, write_jsonl
-from gradmm.tensorfiles import load_tensors, save_tensors
-from gradmm.worksharing import check_claim, claimed_run_dir, file_lock, shared_loop
+from gradmm.core.data import DEFAULT_MAX_TEXT_TOKENS, TEMPLATES, DataConfig, Task, default_wording, load_task
+from gradmm.core.dp import MECHANISMS, noise_generator, noisy_target
+from gradmm.core.matching import Target, class_targets, joint_target
+from gradmm.core.scoring import first_label_ids, prompt_ids, template_prompt
+from gradmm.core.models import ModelConfig, load_model, load_tokenizer
+from gradmm.core.projection import allowed_token_mask
+from gradmm.io.records import write_json, write_jsonl
+from gradmm.io.tensorfiles import load_tensors, save_tensors
+from gradmm.io.worksharing import check_claim, claimed_run_dir, file_lock, shared_loop
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ def decoding_prefix_ids(tokenizer, task: Task, label: int, gen: GenerateConfig) 
     baseline, so that gradmm_no_matching differs from it only by the top-k projection."""
     if gen.decoding_prefix == "none":
         return []
-    from gradmm.baselines import instruction_ids, instruction
+    from gradmm.methods.baselines import instruction_ids, instruction
 
     return instruction_ids(tokenizer, task, instruction(task, label))
 

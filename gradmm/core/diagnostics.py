@@ -10,9 +10,9 @@ import random
 
 import torch
 
-from gradmm.data import Task
-from gradmm.matching import class_targets, cosine_distance_to_target
-from gradmm.projection import allowed_token_mask
+from gradmm.core.data import Task
+from gradmm.core.matching import class_targets, cosine_distance_to_target
+from gradmm.core.projection import allowed_token_mask
 
 
 def _sets(texts: list[str], size: int, n_sets: int, seed: int) -> list[list[str]]:

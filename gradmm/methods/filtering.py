@@ -7,7 +7,7 @@
 
 A class left with fewer than n_per_class texts is reported (a warning, and `short` in the stats); a set left
 empty (a class with no label-consistent text empties every class once balanced) is reported as `empty`, and
-fine-tuning then records no accuracy for it (gradmm.experiment.evaluate_method).
+fine-tuning then records no accuracy for it (gradmm.methods.trainsets.evaluate_method).
 
 Where this differs from the authors' code (spec 5, 14) and why:
 - the per-sample match loss is the one computed at generation time against the *same* target the texts were
@@ -21,8 +21,8 @@ Where this differs from the authors' code (spec 5, 14) and why:
 import logging
 from dataclasses import dataclass
 
-from gradmm.data import Example, Task, TEMPLATES, Template, deduplicate
-from gradmm.scoring import first_label_ids, predict, sample_demos
+from gradmm.core.data import Example, Task, TEMPLATES, Template, deduplicate
+from gradmm.core.scoring import first_label_ids, predict, sample_demos
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +121,7 @@ def pool_classifier_predictions(task: Task, texts: list[str]) -> tuple[list[int]
     classifier's accuracy on the dev split (a label checker that is itself checked; issue 9 f)."""
     from sklearn.linear_model import LogisticRegression
 
-    from gradmm.baselines import minilm_embeddings
+    from gradmm.methods.baselines import minilm_embeddings
 
     clf = LogisticRegression(max_iter=2000).fit(minilm_embeddings([ex.text for ex in task.pool]).numpy(),
                                                 [ex.label for ex in task.pool])
@@ -132,9 +132,9 @@ def pool_classifier_predictions(task: Task, texts: list[str]) -> tuple[list[int]
 def score_rows(model, tokenizer, task: Task, rows: list[dict]) -> list[dict]:
     """Add the per-sample match loss (against the clean class target) and the log-perplexity (given the
     class instruction) to rows that lack them: LM-generated baselines then go through the same ranking."""
-    from gradmm.baselines import instruction_ids, instruction
-    from gradmm.matching import class_targets, cosine_distance_to_target
-    from gradmm.projection import log_perplexity
+    from gradmm.methods.baselines import instruction_ids, instruction
+    from gradmm.core.matching import class_targets, cosine_distance_to_target
+    from gradmm.core.projection import log_perplexity
 
     targets = class_targets(model, tokenizer, task.pool, task.template)
     out = [dict(r) for r in rows]

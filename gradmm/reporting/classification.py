@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from gradmm.records import read_json, read_jsonl
+from gradmm.io.records import read_json, read_jsonl
 
 # The order of the paper's tables: no training data, real subsets, LM-generated, GRADMM and its ablations, all real.
 METHOD_ORDER = ["zero_shot", "few_shot", "random_real", "herding", "kcenter", "llm_zero_shot_gen", "llm_few_shot_gen",
@@ -86,7 +86,7 @@ def collect_results(runs_dir: str | Path = "runs", datasets: list[str] | None = 
 def missing_results(runs_dir, datasets, methods, seeds, model: str | None = None,
                     n_per_class: list[int] = (10,)) -> list[tuple[str, str, int, int]]:
     """(dataset, method, n, seed) whose result file is absent or was made with another model or budget."""
-    from gradmm.experiment import result_file
+    from gradmm.methods.trainsets import result_file
 
     missing = []
     for d in datasets:
@@ -300,7 +300,7 @@ def plot_generation_health(df: pd.DataFrame, path_png: str | Path, title: str | 
 # ------------------------------------------------------------------------------------ run directories
 def generator_of(method: str) -> str | None:
     """The GRADMM variant a method's texts come from (gradmm_no_filter -> gradmm), or None for baselines."""
-    from gradmm.experiment import GENERATORS
+    from gradmm.methods.trainsets import GENERATORS
 
     base = method.removesuffix("_no_filter")
     return base if base in GENERATORS else None
@@ -456,16 +456,16 @@ def produce_missing(missing: list[tuple[str, str, int, int]], runs_dir: str | Pa
     The settings come from params_file (the model name from the argument, each budget from its tuple); a
     dataset's prepared task in runs_dir/<dataset>/data is used when present, else it is prepared there.
     """
-    from gradmm.admm import GenerateConfig
+    from gradmm.core.admm import GenerateConfig
     from gradmm.config import load_config
-    from gradmm.data import DataConfig, load_task
-    from gradmm.experiment import (ExperimentConfig, baseline_trainset, evaluate_method, result_file, task_from_dir,
+    from gradmm.core.data import DataConfig, load_task
+    from gradmm.methods.trainsets import (ExperimentConfig, baseline_trainset, evaluate_method, result_file, task_from_dir,
                                    trainset_file, variant_overrides, write_task)
-    from gradmm.filtering import FilterConfig, filter_rows
-    from gradmm.finetune import FinetuneConfig
-    from gradmm.generate import DPConfig, generate
-    from gradmm.models import ModelConfig, load_model
-    from gradmm.records import write_json, write_jsonl
+    from gradmm.methods.filtering import FilterConfig, filter_rows
+    from gradmm.methods.finetune import FinetuneConfig
+    from gradmm.methods.generate import DPConfig, generate
+    from gradmm.core.models import ModelConfig, load_model
+    from gradmm.io.records import write_json, write_jsonl
 
     if not missing:
         return []

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from gradmm.models import input_embeddings
+from gradmm.core.models import input_embeddings
 
 ORDERS = ("nearest_then_probable", "probable_then_nearest", "proximal")
 # Word tokens only: ASCII letters, optionally one leading space (a word start such as " great"), at most 17

@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from gradmm.data import Example, Template
-from gradmm.models import last_hidden, output_head, position_ids
+from gradmm.core.data import Example, Template
+from gradmm.core.models import last_hidden, output_head, position_ids
 
 
 def label_token_ids(tokenizer, template: Template) -> list[list[int]]:

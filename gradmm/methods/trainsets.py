@@ -18,13 +18,13 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from gradmm.data import DEFAULT_MAX_TEXT_TOKENS, Example, Task, Template
-from gradmm.records import read_json, read_text_rows, write_json, write_jsonl
+from gradmm.core.data import DEFAULT_MAX_TEXT_TOKENS, Example, Task, Template
+from gradmm.io.records import read_json, read_text_rows, write_json, write_jsonl
 
 log = logging.getLogger(__name__)
 
 # Generator variants: overrides of the generate / dp / filter sections (the faithful settings are the
-# defaults). The issue-9 variants (a–g) are measured against each other in gradmm.study.
+# defaults). The issue-9 variants (a–g) are measured against each other in gradmm.experiments.variants.
 GENERATORS = {
     "gradmm": {},
     "gradmm_dp": {"dp": {"enabled": True}},
@@ -125,7 +125,7 @@ def variant_overrides(generator: str) -> list[str]:
 def baseline_trainset(method: str, model, tokenizer, task: Task, cfg: ExperimentConfig, seed: int,
                       filter_cfg=None, progress: bool = True) -> tuple[list[dict], dict]:
     """Rows (text, label, source) of a baseline's training set, and facts about how it was made."""
-    from gradmm import baselines
+    from gradmm.methods import baselines
 
     n, C = at_budget(cfg).n_per_class, task.n_classes
     info = {"method": method, "seed": seed}
@@ -142,7 +142,7 @@ def baseline_trainset(method: str, model, tokenizer, task: Task, cfg: Experiment
     elif method == "full_real":
         rows = list(task.pool)
     elif method in ("llm_zero_shot_gen", "llm_few_shot_gen"):
-        from gradmm.filtering import filter_rows, score_rows
+        from gradmm.methods.filtering import filter_rows, score_rows
 
         shots = cfg.llm_shots if method == "llm_few_shot_gen" else 0
         raw = baselines.generate_llm_dataset(model, tokenizer, task, cfg.llm_raw_per_class, seed, shots=shots,
@@ -159,8 +159,8 @@ def baseline_trainset(method: str, model, tokenizer, task: Task, cfg: Experiment
 def evaluate_method(method: str, rows: list[dict], model, tokenizer, task: Task, finetune_cfg, seed: int,
                     progress: bool = True) -> dict:
     """Test accuracy of a method: in-context for zero/few-shot, else fine-tuning with the LR picked on dev."""
-    from gradmm.finetune import finetune_and_evaluate
-    from gradmm.scoring import accuracy, predict, prediction_shares
+    from gradmm.methods.finetune import finetune_and_evaluate
+    from gradmm.core.scoring import accuracy, predict, prediction_shares
 
     start = time.perf_counter()
     train = [Example(r["text"], int(r["label"])) for r in rows]

@@ -24,7 +24,7 @@ import warnings
 
 import torch
 
-from gradmm.matching import GRAM_DTYPE, Target
+from gradmm.core.matching import GRAM_DTYPE, Target
 
 RELATIONS = {"zero_out": 1.0, "replace_one": 2.0}  # sensitivity of the clipped mean, in units of C/n
 

@@ -1,5 +1,5 @@
 """jsonl/json records, written atomically: an interrupted write never leaves half a file, and processes
-sharing a run (gradmm.worksharing) that write the same file never see each other's half-written copy."""
+sharing a run (gradmm.io.worksharing) that write the same file never see each other's half-written copy."""
 
 import json
 import os

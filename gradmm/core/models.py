@@ -16,7 +16,7 @@ import torch
 from transformers import (AutoModelForCausalLM, AutoTokenizer, Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig,
                           LlamaForCausalLM, PhiConfig, PhiForCausalLM)
 
-from gradmm.paths import cache_dir
+from gradmm.io.paths import cache_dir
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@
   reference-calibrated attack (Carlini et al. 2022 "LiRA", Watson et al. 2022), scored by AUC and TPR at 1% FPR.
 * Canaries (Carlini et al. 2019, "The Secret Sharer"): secrets planted in the data, measured by exposure.
 
-Word tokenisation and n-grams are gradmm.diversity's (lower-cased, punctuation dropped).
+Word tokenisation and n-grams are gradmm.experiments.diversity's (lower-cased, punctuation dropped).
 """
 
 import math
@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from gradmm.data import Example, Template
-from gradmm.diversity import check_n, check_texts, ngram_set, ngrams
+from gradmm.core.data import Example, Template
+from gradmm.experiments.diversity import check_n, check_texts, ngram_set, ngrams
 
 
 # --------------------------------------------------------------------------------------------------
@@ -84,7 +84,7 @@ def nearest_neighbour_similarity(query_emb, ref_emb) -> np.ndarray:
 
 def nn_similarity_texts(texts: Sequence[str], reference: Sequence[str]) -> np.ndarray:
     """nearest_neighbour_similarity of all-MiniLM-L6-v2 sentence embeddings of the texts and the reference."""
-    from gradmm.baselines import minilm_embeddings
+    from gradmm.methods.baselines import minilm_embeddings
 
     check_texts(texts)
     check_texts(reference, "reference")
@@ -131,8 +131,8 @@ def reference_attack_scores(target_losses, reference_losses) -> np.ndarray:
 def per_example_losses(model, tokenizer, examples: Sequence[Example], template: Template, batch_size: int = 16,
                        progress: bool = False) -> np.ndarray:
     """(N,) cross-entropy over the label words' first tokens of each example: the fine-tuning loss, unreduced."""
-    from gradmm.finetune import label_logits
-    from gradmm.scoring import first_label_ids
+    from gradmm.methods.finetune import label_logits
+    from gradmm.core.scoring import first_label_ids
 
     check_n(batch_size, "batch_size")
     label_ids = first_label_ids(tokenizer, template)
@@ -205,7 +205,7 @@ def candidate_log_perplexities(model, tokenizer, prefix: str, candidates: Sequen
                                batch_size: int = 16) -> torch.Tensor:
     """(K,) total NLL (nats) of each prefix + candidate minus the part shared by all: ranks as the full
     sequences' log-perplexity does (Carlini et al. 2019), whatever the tokeniser does at the boundary."""
-    from gradmm.projection import log_perplexity
+    from gradmm.core.projection import log_perplexity
 
     seqs = [tokenizer(prefix + c, add_special_tokens=False).input_ids for c in candidates]
     shared = 0  # tokens common to every candidate's sequence: the context, scored once

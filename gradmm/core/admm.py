@@ -16,10 +16,10 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from gradmm.matching import Target, head_logits, match_loss
-from gradmm.models import input_embeddings, last_hidden
-from gradmm.projection import ORDERS, project_to_tokens
-from gradmm.tensorfiles import load_tensors, save_tensors
+from gradmm.core.matching import Target, head_logits, match_loss
+from gradmm.core.models import input_embeddings, last_hidden
+from gradmm.core.projection import ORDERS, project_to_tokens
+from gradmm.io.tensorfiles import load_tensors, save_tensors
 
 
 INITS = ("random", "lm")

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from gradmm.records import write_text
+from gradmm.io.records import write_text
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ the study's model, SmolLM2 by default). Each target then learns from them at the
 baselines built from the real pool (random_real, herding, kcenter, full_real) and, for a causal LM, its own
 in-context zero_shot / few_shot. Targets:
 
-* a causal LM known to `gradmm.models` (e.g. gemma3-270m): fine-tuned with the label-word loss, LR on dev;
+* a causal LM known to `gradmm.core.models` (e.g. gemma3-270m): fine-tuned with the label-word loss, LR on dev;
 * `minilm`: a linear probe, the frozen MiniLM sentence encoder with a logistic-regression head (C on dev).
   It is deterministic, so a fixed training set gets one run; only the real subsets vary with the seed.
 
@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from gradmm.records import read_json, read_text_rows, write_json
+from gradmm.io.records import read_json, read_text_rows, write_json
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +46,10 @@ class TransferConfig:
 
 
 def check_transfer(cfg: TransferConfig) -> None:
-    from gradmm.experiment import GENERATORS
-    from gradmm.finetune import FinetuneConfig
-    from gradmm.models import check_model_name
-    from gradmm.study import LM_GENERATED
+    from gradmm.methods.trainsets import GENERATORS
+    from gradmm.methods.finetune import FinetuneConfig
+    from gradmm.core.models import check_model_name
+    from gradmm.experiments.variants import LM_GENERATED
 
     allowed = list(IN_CONTEXT) + list(REAL) + list(LM_GENERATED) + list(GENERATORS)
     bad = [m for m in cfg.methods if m not in allowed]
@@ -71,8 +71,8 @@ def settings(params_file, overrides=(), **chosen):
     """(TransferConfig, ModelConfig, FinetuneConfig) from the params file; `chosen` (e.g. the notebook's
     parameters) replaces transfer keys where not None."""
     from gradmm.config import as_dict, build, load_config
-    from gradmm.finetune import FinetuneConfig, check_config
-    from gradmm.models import ModelConfig
+    from gradmm.methods.finetune import FinetuneConfig, check_config
+    from gradmm.core.models import ModelConfig
 
     cfg = load_config(TransferConfig, "transfer", params_file, overrides)
     cfg = build(TransferConfig, {**as_dict(cfg), **{k: v for k, v in chosen.items() if v is not None}}, "transfer")
@@ -94,7 +94,7 @@ def source_set(study_cell: Path, n_per_class: int, generation_seed: int) -> tupl
 
 def real_set(method: str, task, n_per_class: int, seed: int) -> list[dict]:
     """A real subset of the pool, built as the classification experiment builds it (MiniLM coresets)."""
-    from gradmm.experiment import ExperimentConfig, baseline_trainset
+    from gradmm.methods.trainsets import ExperimentConfig, baseline_trainset
 
     cfg = ExperimentConfig(n_per_class=n_per_class, coreset_features="minilm")  # model-free: no target features
     return baseline_trainset(method, None, None, task, cfg, seed, progress=False)[0]
@@ -106,7 +106,7 @@ def _minilm_cached(texts) -> np.ndarray:
 
 @functools.lru_cache(maxsize=8)  # dev and test of a task are embedded once per process, not once per run
 def _minilm_tuple(texts: tuple) -> np.ndarray:
-    from gradmm.baselines import minilm_embeddings
+    from gradmm.methods.baselines import minilm_embeddings
 
     return minilm_embeddings(list(texts)).numpy()
 
@@ -115,9 +115,9 @@ def probe_result(train: list[dict], task, c_grid, embed=None) -> dict:
     """Frozen MiniLM + logistic regression: C picked on dev, accuracy on test. `embed(texts)` → (N, d) array."""
     from sklearn.linear_model import LogisticRegression
 
-    from gradmm.scoring import prediction_shares
+    from gradmm.core.scoring import prediction_shares
 
-    if not train:  # nothing to fit: no accuracy (reported as an empty set, as gradmm.experiment does)
+    if not train:  # nothing to fit: no accuracy (reported as an empty set, as gradmm.methods.trainsets does)
         return {"test_accuracy": None, "dev_accuracy": None, "best_c": None, "dev_accuracies": {},
                 "test_prediction_shares": None, "n_train": 0, "finetuned": False, "empty_trainset": True}
     embed = embed or _minilm_cached
@@ -161,10 +161,10 @@ def run_cell(task, target: str, method: str, cfg: TransferConfig, study_dir: Pat
              out: Path, progress: bool = True, loaded: dict | None = None) -> list[dict]:
     """Run (or resume) one dataset × target × method cell; returns its results. `loaded` caches the model."""
     from gradmm.config import as_dict
-    from gradmm.experiment import evaluate_method
-    from gradmm.generate import task_fingerprint
-    from gradmm.worksharing import claimed_run_dir
-    from gradmm.models import load_model
+    from gradmm.methods.trainsets import evaluate_method
+    from gradmm.methods.generate import task_fingerprint
+    from gradmm.io.worksharing import claimed_run_dir
+    from gradmm.core.models import load_model
 
     check_transfer(cfg)
     if target == PROBE and method in IN_CONTEXT:
@@ -238,7 +238,7 @@ def source_rows(study_dir, cfg: TransferConfig) -> pd.DataFrame:
 def by_target(summ: pd.DataFrame) -> list[str]:
     """One markdown table per dataset: methods down, targets across (test mean ± std), so a method's rank
     can be followed from one model to the next."""
-    from gradmm.report import format_accuracy, ordered_methods
+    from gradmm.reporting.classification import format_accuracy, ordered_methods
 
     lines = []
     for d, part in summ.groupby("dataset", sort=True):
@@ -253,7 +253,7 @@ def by_target(summ: pd.DataFrame) -> list[str]:
 
 
 def summary(df: pd.DataFrame) -> pd.DataFrame:
-    from gradmm.report import ordered_methods
+    from gradmm.reporting.classification import ordered_methods
 
     df = df.assign(empty_trainset=df["empty_trainset"] if "empty_trainset" in df else False)  # older frames
     g = df.groupby(["dataset", "target", "n_per_class", "method"])
@@ -266,7 +266,7 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def markdown(summ: pd.DataFrame) -> str:
-    from gradmm.report import format_accuracy, format_number
+    from gradmm.reporting.classification import format_accuracy, format_number
 
     lines = ["# Transfer: test accuracy (%) of each target model at equal budget", "",
              "Generated sets come from the study's model (column `source` of transfer.csv); real subsets and "
@@ -292,7 +292,7 @@ def plot(df: pd.DataFrame, path_png):
     import seaborn as sns
     from matplotlib.figure import Figure
 
-    from gradmm.report import fixed_jitter, ordered_methods
+    from gradmm.reporting.classification import fixed_jitter, ordered_methods
 
     datasets, targets = list(dict.fromkeys(df.dataset)), list(dict.fromkeys(df.target))
     order = ordered_methods(df.method.unique())

@@ -128,8 +128,8 @@ def relevant_params(params: dict, method: str, dataset: str | None = None, model
     dataclasses, the method's variant and the result's own dataset, model and budget applied
     (gradmm_dp shows dp.enabled = true, a result of rtpolarity shows data.dataset = rtpolarity)."""
     from gradmm.config import as_dict, build, section_classes
-    from gradmm.experiment import GENERATORS
-    from gradmm.report import generator_of
+    from gradmm.methods.trainsets import GENERATORS
+    from gradmm.reporting.classification import generator_of
 
     generator = generator_of(method)
     overrides = {s: dict(v) for s, v in (GENERATORS.get(generator) or {}).items()}
@@ -173,7 +173,7 @@ def log_result(experiment: str, result: dict, params: dict, artifacts=(), tags: 
                project_root: str | Path = ".") -> str | None:
     """One MLflow run for one result row; returns its run id, or None (with a warning) if MLflow failed.
 
-    result: a row of gradmm.report.collect_results (dataset, model, method, n_per_class, seed, accuracy,
+    result: a row of gradmm.reporting.classification.collect_results (dataset, model, method, n_per_class, seed, accuracy,
     dev_accuracy, wall_seconds, share_*); params: the nested params sections (flattened here); artifacts:
     files, or (file, artifact folder) pairs, to attach (missing files are skipped); tags: extra tags.
     """
@@ -274,7 +274,7 @@ def result_key(result_file: str | Path, runs_dir: str | Path) -> str:
 def _row_run(row: dict, params: dict, runs_dir, figures_dir, project_root) -> tuple[dict, list, dict]:
     """A result row's params, artifacts (its training set; for GRADMM methods the raw synthetic texts and the
     run's generation-health figure) and tags (its result key; TRAINSET_MISSING_TAG when the set is not found)."""
-    from gradmm.report import generator_of, health_figure_path
+    from gradmm.reporting.classification import generator_of, health_figure_path
 
     tags = {}
     if row.get("result_file") and Path(row["result_file"]).is_file():
@@ -376,7 +376,7 @@ def import_results(runs_dir: str | Path = DEFAULT_IMPORT_DIR, experiment: str = 
     log_results logs them, with the params of `<runs_dir>/../params.yaml` (else the project's), plus one report
     run with the classification table and figure of all of them. Returns the counts: added, skipped (logged
     before), failed (MLflow refused), trainsets_missing (tagged TRAINSET_MISSING_TAG), report (added or not)."""
-    from gradmm import report
+    from gradmm.reporting import classification as report
     from gradmm.config import read_params
 
     runs_dir = Path(runs_dir)
@@ -396,7 +396,7 @@ def import_results(runs_dir: str | Path = DEFAULT_IMPORT_DIR, experiment: str = 
 def _import_rows(df, runs_dir: Path, params: dict, experiment: str, project_root) -> dict:
     import tempfile
 
-    from gradmm import report
+    from gradmm.reporting import classification as report
 
     with quiet():
         logged = _logged_keys(_client(tracking_uri(project_root)), experiment)

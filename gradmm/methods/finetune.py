@@ -33,9 +33,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from gradmm.data import Example, Template
-from gradmm.models import last_hidden, output_head
-from gradmm.scoring import pad_left, accuracy, first_label_ids, predict, prediction_shares, prompt_ids, template_prompt
+from gradmm.core.data import Example, Template
+from gradmm.core.models import last_hidden, output_head
+from gradmm.core.scoring import pad_left, accuracy, first_label_ids, predict, prediction_shares, prompt_ids, template_prompt
 
 log = logging.getLogger(__name__)
 
