@@ -21,8 +21,9 @@ import time
 import torch
 import torch.nn.functional as F
 
-from gradmm.core.admm import GenerateConfig, Layout, Problem, run_batch
-from gradmm.core.data import DataConfig, load_task
+from gradmm.config import DataConfig, GenerateConfig
+from gradmm.core.admm import Layout, Problem, run_batch
+from gradmm.core.data import load_task
 from gradmm.core.matching import class_targets, head_logits
 from gradmm.core.models import input_embeddings, last_hidden, load_model, output_head
 from gradmm.core.projection import allowed_token_mask, project_to_tokens_naive

@@ -25,13 +25,14 @@ import time
 
 import torch
 
-from gradmm.core.admm import GenerateConfig, Layout, Problem, run_batch
-from gradmm.core.data import DataConfig, load_task
-from gradmm.methods.finetune import classification_loss
+from gradmm.config import DataConfig, GenerateConfig
+from gradmm.core.admm import Layout, Problem, run_batch
+from gradmm.core.data import load_task
 from gradmm.core.matching import class_targets
 from gradmm.core.models import input_embeddings, load_tokenizer
 from gradmm.core.projection import allowed_token_mask
 from gradmm.core.scoring import first_label_ids
+from gradmm.methods.finetune import classification_loss
 
 ARCHS = {  # the published configs' shapes
     "smollm2": ("LlamaForCausalLM", dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30,

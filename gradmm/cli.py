@@ -9,12 +9,67 @@ import time
 import traceback
 from pathlib import Path
 
+import torch
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from gradmm.config import as_dict, load_config
-from gradmm.core.data import DATASETS, DataConfig, check_dataset_name
-from gradmm.core.models import OFFLINE_MODELS, ModelConfig, check_model_name
-from gradmm.io.records import check_writable
+from gradmm import __version__
+from gradmm.config import (
+    DataConfig,
+    DPConfig,
+    ExperimentConfig,
+    FilterConfig,
+    FinetuneConfig,
+    GenerateConfig,
+    ModelConfig,
+    PrivacyConfig,
+    StudyConfig,
+    apply_profile,
+    load_config,
+)
+from gradmm.core import admm
+from gradmm.core.data import (
+    DATASETS,
+    check_dataset_name,
+    load_task,
+    task_from_dir,
+    write_task,
+)
+from gradmm.core.diagnostics import format_distances, target_distances
+from gradmm.core.models import OFFLINE_MODELS, check_model_name, load_model
+from gradmm.core.scoring import icl_accuracy
+from gradmm.experiments.privacy import check_privacy, run_attacks
+from gradmm.experiments.transfer import run_target, settings
+from gradmm.experiments.variants import (
+    check_study,
+    finetune_overrides,
+    run_cell,
+    screen_config,
+)
+from gradmm.io.paths import PROJECT_ROOT, cache_dir, data_dir
+from gradmm.io.records import check_writable, read_text_rows, write_json, write_jsonl
+from gradmm.methods import filtering, finetune
+from gradmm.methods.generate import check_dp, generate
+from gradmm.methods.registry import (
+    BASELINES,
+    GENERATORS,
+    check_method,
+    variant_overrides,
+)
+from gradmm.methods.trainsets import (
+    at_budget,
+    check_experiment,
+    evaluate_method,
+    make_trainset,
+)
+from gradmm.reporting import transfer, variants
+from gradmm.reporting.privacy import attack_tables, membership_summary
+from gradmm.reporting.runtimes import read_stage_times, runtime_summary
+from gradmm.reporting.tracking import (
+    CLASSIFICATION_EXPERIMENT,
+    DEFAULT_IMPORT_DIR,
+    import_results,
+    tracking_uri,
+)
 
 log = logging.getLogger("gradmm")
 # Mistakes in what the user gave (bad values, missing or unreadable files, unwritable outputs, missing fields):
@@ -57,10 +112,6 @@ def _data_model(args) -> tuple[DataConfig, ModelConfig]:
 
 
 def cmd_evaluate(args) -> dict:
-    from gradmm.core.data import load_task
-    from gradmm.core.models import load_model
-    from gradmm.core.scoring import icl_accuracy
-
     data_cfg, model_cfg = _data_model(args)
     if args.output:
         check_writable(Path(args.output))
@@ -80,9 +131,6 @@ def cmd_evaluate(args) -> dict:
 
 def _task(args, data_cfg: DataConfig):
     """The prepared task folder given by --task, else the task built from the data params."""
-    from gradmm.core.data import load_task
-    from gradmm.methods.trainsets import task_from_dir
-
     if getattr(args, "task", None) and getattr(args, "template", None):
         raise ValueError(f"--template {args.template!r} with --task {args.task}: a prepared task keeps the template "
                          "it was prepared with; pass --template to `gradmm prepare` instead")
@@ -91,9 +139,6 @@ def _task(args, data_cfg: DataConfig):
 
 def _rows_task_model(args, data_cfg, model_cfg, path: str, what: str):
     """The jsonl rows a stage reads, its task and its model; a missing file fails before the model loads."""
-    from gradmm.core.models import load_model
-    from gradmm.io.records import read_text_rows
-
     if not Path(path).is_file():
         raise FileNotFoundError(f"{path} does not exist: {what}")
     rows, task = read_text_rows(Path(path)), _task(args, data_cfg)
@@ -101,8 +146,6 @@ def _rows_task_model(args, data_cfg, model_cfg, path: str, what: str):
 
 
 def _variant(args) -> list[str]:
-    from gradmm.methods.trainsets import GENERATORS, variant_overrides
-
     if getattr(args, "variant", None) is None:
         return list(args.overrides)
     if args.variant not in GENERATORS:
@@ -111,9 +154,6 @@ def _variant(args) -> list[str]:
 
 
 def cmd_prepare(args) -> None:
-    from gradmm.core.data import load_task
-    from gradmm.methods.trainsets import write_task
-
     data_cfg, _ = _data_model(args)
     check_writable(Path(args.out), directory=True)
     task = load_task(data_cfg)
@@ -122,16 +162,13 @@ def cmd_prepare(args) -> None:
 
 
 def cmd_generate(args) -> dict:
-    from gradmm.core.admm import GenerateConfig, check_config
-    from gradmm.methods.generate import DPConfig, check_dp, generate
-
     overrides = _variant(args)
     if args.seed is not None:
         overrides.append(f"generate.seed={args.seed}")
     data_cfg, model_cfg = _data_model(args)
     gen = load_config(GenerateConfig, "generate", args.params, overrides)
     dp = load_config(DPConfig, "dp", args.params, overrides)
-    check_config(gen)
+    admm.check_config(gen)
     check_dp(dp, gen)
     check_writable(Path(args.out), directory=True)
     metrics = generate(_task(args, data_cfg), model_cfg, gen, dp, Path(args.out), archive_stale=args.archive_stale)
@@ -143,49 +180,40 @@ def cmd_generate(args) -> dict:
 
 
 def cmd_filter(args) -> dict:
-    from gradmm.methods.filtering import FilterConfig, check_config, filter_rows
-    from gradmm.methods.generate import DPConfig
-    from gradmm.io.records import write_json, write_jsonl
-
     overrides = _variant(args)
     data_cfg, model_cfg = _data_model(args)
     cfg = load_config(FilterConfig, "filter", args.params, overrides)
     if args.n_per_class is not None:
         cfg.n_per_class = args.n_per_class
     dp = load_config(DPConfig, "dp", args.params, overrides)
-    check_config(cfg)
+    filtering.check_config(cfg)
     for path in (args.out, args.no_filter_out):
         if path:
             check_writable(Path(path))
     rows, task, model, tok = _rows_task_model(args, data_cfg, model_cfg, args.raw, "raw texts (run `gradmm generate` first)")
-    kept, stats = filter_rows(model, tok, task, rows, cfg, private=dp.enabled)
+    method = args.variant or "gradmm"
+    kept, info = make_trainset(method, model, tok, task, None, 0, cfg, raw=rows, private=dp.enabled, n=cfg.n_per_class)
+    stats = info["filter"]
     out = Path(args.out)
     write_jsonl(out, kept)
     write_json(out.with_name(out.stem + "_filter.json"), stats)
     print(f"kept per class {stats['kept']} of raw {stats['raw']} -> {out}"
           + (" — EMPTY training set" if stats["empty"] else f" — short classes {stats['short']}" if stats["short"] else ""))
     if args.no_filter_out:  # the same budget without the filter (the gradmm_no_filter ablation)
-        plain = FilterConfig(**{**as_dict(cfg), "label_filter": False, "rank": "none"})
-        unfiltered, _ = filter_rows(model, tok, task, rows, plain, private=dp.enabled, progress=False)
+        unfiltered, _ = make_trainset(f"{method}_no_filter", model, tok, task, None, 0, cfg, progress=False, raw=rows,
+                                      private=dp.enabled, n=cfg.n_per_class)
         write_jsonl(Path(args.no_filter_out), unfiltered)
     return stats
 
 
 def _experiment(args):
     """The experiment section at this call's budget (--n-per-class, else experiment.n_per_class's only one)."""
-    from gradmm.methods.trainsets import ExperimentConfig, at_budget, check_experiment
-
     cfg = load_config(ExperimentConfig, "experiment", args.params, args.overrides)
     check_experiment(cfg)
     return at_budget(cfg, args.n_per_class)
 
 
 def cmd_baseline(args) -> dict:
-    from gradmm.methods.trainsets import BASELINES, baseline_trainset
-    from gradmm.methods.filtering import FilterConfig
-    from gradmm.core.models import load_model
-    from gradmm.io.records import write_json, write_jsonl
-
     if args.method not in BASELINES:
         raise ValueError(f"unknown baseline {args.method!r}: use one of {list(BASELINES)}")
     data_cfg, model_cfg = _data_model(args)
@@ -195,7 +223,7 @@ def cmd_baseline(args) -> dict:
     check_writable(Path(args.out))
     task = _task(args, data_cfg)
     model, tok = load_model(model_cfg.name, model_cfg.device, model_cfg.dtype)
-    rows, info = baseline_trainset(args.method, model, tok, task, exp, args.seed, filter_cfg)
+    rows, info = make_trainset(args.method, model, tok, task, exp, args.seed, filter_cfg)
     write_jsonl(Path(args.out), rows)
     write_json(Path(args.out).with_suffix(".info.json"), info)
     print(f"{args.method}: {len(rows)} texts -> {args.out}")
@@ -203,15 +231,11 @@ def cmd_baseline(args) -> dict:
 
 
 def cmd_finetune(args) -> dict:
-    from gradmm.methods.trainsets import check_method, evaluate_method
-    from gradmm.methods.finetune import FinetuneConfig, check_config
-    from gradmm.io.records import write_json
-
     check_method(args.method)
     data_cfg, model_cfg = _data_model(args)
     exp = _experiment(args)
     cfg = load_config(FinetuneConfig, "finetune", args.params, args.overrides)
-    check_config(cfg)
+    finetune.check_config(cfg)
     check_writable(Path(args.out))  # not found only after the training
     rows, task, model, tok = _rows_task_model(args, data_cfg, model_cfg, args.train, "training set")
     result = evaluate_method(args.method, rows, model, tok, task, cfg, args.seed)
@@ -226,10 +250,6 @@ def cmd_finetune(args) -> dict:
 
 
 def cmd_diagnose(args) -> list:
-    from gradmm.core.diagnostics import format_distances, target_distances
-    from gradmm.core.models import load_model
-    from gradmm.io.records import read_text_rows, write_json
-
     data_cfg, model_cfg = _data_model(args)
     if args.out:
         check_writable(Path(args.out))
@@ -245,11 +265,6 @@ def cmd_diagnose(args) -> list:
 
 
 def cmd_study(args) -> list:
-    from gradmm.methods.trainsets import ExperimentConfig
-    from gradmm.methods.filtering import FilterConfig
-    from gradmm.methods.finetune import FinetuneConfig, check_config
-    from gradmm.experiments.variants import StudyConfig, check_study, finetune_overrides, run_cell, screen_config
-
     data_cfg, model_cfg = _data_model(args)
     cfg = load_config(StudyConfig, "study", args.params, args.overrides)
     if args.screen:
@@ -258,7 +273,7 @@ def cmd_study(args) -> list:
     if args.method not in cfg.methods:
         raise ValueError(f"method {args.method!r} is not in study.{'screen.' if args.screen else ''}methods {cfg.methods}")
     ft = load_config(FinetuneConfig, "finetune", args.params, finetune_overrides(cfg) + list(args.overrides))
-    check_config(ft)
+    finetune.check_config(ft)
     check_writable(Path(args.out), directory=True)
     results = run_cell(_task(args, data_cfg), args.method, cfg, args.params, model_cfg, ft,
                        load_config(FilterConfig, "filter", args.params, args.overrides),
@@ -272,32 +287,24 @@ def cmd_study(args) -> list:
 
 
 def cmd_privacy_attacks(args) -> dict:
-    from gradmm.experiments.privacy import PrivacyConfig, check_privacy, membership_summary, run_attacks
-    from gradmm.methods.trainsets import ExperimentConfig
-    from gradmm.methods.filtering import FilterConfig
-    from gradmm.methods.finetune import FinetuneConfig, check_config
-    from gradmm.experiments.variants import StudyConfig, check_study, finetune_overrides
-
     data_cfg, model_cfg = _data_model(args)
     cfg = load_config(PrivacyConfig, "privacy", args.params, args.overrides)
     check_privacy(cfg)
     study = load_config(StudyConfig, "study", args.params, args.overrides)
     check_study(study)
     ft = load_config(FinetuneConfig, "finetune", args.params, finetune_overrides(study) + list(args.overrides))
-    check_config(ft)
+    finetune.check_config(ft)
     check_writable(Path(args.out), directory=True)
-    tables = run_attacks(_task(args, data_cfg), cfg, study, args.params, model_cfg, ft,
-                         load_config(FilterConfig, "filter", args.params, args.overrides),
-                         load_config(ExperimentConfig, "experiment", args.params, args.overrides), Path(args.study),
-                         Path(args.out))
+    run_attacks(_task(args, data_cfg), cfg, study, args.params, model_cfg, ft,
+                load_config(FilterConfig, "filter", args.params, args.overrides),
+                load_config(ExperimentConfig, "experiment", args.params, args.overrides), Path(args.study), Path(args.out))
+    tables = attack_tables(Path(args.out).parent, Path(args.study))
     if len(tables["membership"]):
         print(membership_summary(tables["membership"]).to_string())
     return tables
 
 
 def cmd_transfer(args) -> list:
-    from gradmm.experiments.transfer import run_target, settings
-
     data_cfg, model_cfg = _data_model(args)
     cfg, _, ft = settings(args.params, args.overrides)
     if args.target not in cfg.targets:
@@ -309,24 +316,18 @@ def cmd_transfer(args) -> list:
 
 
 def cmd_transfer_report(args) -> None:
-    from gradmm.experiments.transfer import settings, write_report
-
     cfg = settings(args.params)[0] if args.study else None
-    write_report(args.runs, args.reports, args.study, cfg, args.name)
+    transfer.write_report(args.runs, args.reports, args.study, cfg, args.name)
     print((Path(args.reports) / "tables" / f"{args.name}.md").read_text())
 
 
 def cmd_study_report(args) -> None:
-    from gradmm.experiments.variants import write_report
-
-    df = write_report(args.runs, args.reports, None if args.no_mlflow else args.params)
+    df = variants.write_report(args.runs, args.reports, None if args.no_mlflow else args.params)
     print((Path(args.reports) / "tables" / "variants.md").read_text())
     print(f"{len(df)} runs -> {args.reports}/tables/variants.csv, {args.reports}/figures/variants.png")
 
 
 def cmd_mlflow_import(args) -> None:
-    from gradmm.reporting.tracking import CLASSIFICATION_EXPERIMENT, DEFAULT_IMPORT_DIR, import_results, tracking_uri
-
     args.experiment = args.experiment or CLASSIFICATION_EXPERIMENT
     c = import_results(args.runs or DEFAULT_IMPORT_DIR, args.experiment, args.project_root)
     failed = f", {c['failed']} failed (see the warnings)" if c["failed"] else ""
@@ -336,8 +337,6 @@ def cmd_mlflow_import(args) -> None:
 
 
 def cmd_runtimes(args) -> None:
-    from gradmm.reporting.runtimes import read_stage_times, runtime_summary
-
     times = Path(args.times)
     if not times.is_file():
         raise SystemExit(f"no stage times at {times}: scripts/full_profile.sh writes <run dir>/times.tsv")
@@ -345,20 +344,14 @@ def cmd_runtimes(args) -> None:
 
 
 def cmd_profile(args) -> None:
-    from gradmm.config import apply_profile
-    from gradmm.io.paths import PROJECT_ROOT
-
     changed = apply_profile(PROJECT_ROOT / "profiles" / f"{args.name}.yaml", args.params)
     print(f"profile {args.name}: {len(changed)} values changed in {args.params}"
           + (f" ({', '.join(changed)})" if changed else "") + "; `git checkout params.yaml` returns to quick")
 
 
 def cmd_info(args) -> None:
-    import torch
     import transformers
 
-    from gradmm import __version__
-    from gradmm.io.paths import cache_dir, data_dir
 
     print(f"gradmm {__version__}, python {platform.python_version()}, torch {torch.__version__}, "
           f"transformers {transformers.__version__}")
@@ -437,8 +430,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-sets", type=_at_least(1), default=5)
     p.add_argument("--seed", type=_at_least(0), default=0)
 
-    p = stage("study", "one dataset × method cell of the variants study (issue 9): generate, filter, fine-tune "
-              "over study.seeds (resumable)", cmd_study)
+    p = stage("study", "one dataset × method cell of the variants study (does matching the gradient add value?): "
+              "generate, filter, fine-tune over study.seeds (resumable)", cmd_study)
     p.add_argument("--method", required=True, help="a GRADMM variant or a study baseline (study.methods)")
     p.add_argument("--screen", action="store_true", help="a cell of the screen (study.screen replaces the study's "
                    "datasets, n_per_class and methods)")

@@ -7,6 +7,7 @@ import math
 import re
 import types
 import typing
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -28,22 +29,180 @@ def load_yaml(text: str):
     return yaml.load(text, Loader=ParamsLoader)
 
 
-def section_classes() -> dict:
-    """The config dataclass of each params.yaml section (imported here, not at the top: they import config)."""
-    from gradmm.core.admm import GenerateConfig
-    from gradmm.experiments.privacy import PrivacyConfig
-    from gradmm.core.data import DataConfig
-    from gradmm.methods.trainsets import ExperimentConfig
-    from gradmm.methods.filtering import FilterConfig
-    from gradmm.methods.finetune import FinetuneConfig
-    from gradmm.methods.generate import DPConfig
-    from gradmm.core.models import ModelConfig
-    from gradmm.experiments.variants import StudyConfig
-    from gradmm.experiments.transfer import TransferConfig
+# One dataclass per params.yaml section; each stage reads its own section. Checks that need the
+# section's module (a tokenizer, a model, the method registry) live beside it (admm.check_config, ...).
 
-    return {"data": DataConfig, "model": ModelConfig, "generate": GenerateConfig, "dp": DPConfig,
-            "filter": FilterConfig, "finetune": FinetuneConfig, "experiment": ExperimentConfig, "study": StudyConfig,
-            "privacy": PrivacyConfig, "transfer": TransferConfig}
+# Longer texts keep their first 128 tokens (the head: a headline, a first sentence); every text of the
+# rtpolarity, tweets and imdb splits is shorter (at most 76 SmolLM2 tokens), so none of them is cut.
+DEFAULT_MAX_TEXT_TOKENS = 128  # texts are cut to their first N tokens (scoring, matching, fine-tuning)
+PROBE = "minilm"  # the transfer study's non-causal target: a logistic-regression probe on MiniLM features
+
+
+@dataclass
+class ModelConfig:
+    name: str = "smollm2-135m"  # an OFFLINE_MODELS name, a local folder, or a hub id (internet)
+    device: str = "auto"  # auto = CUDA when present
+    dtype: str = "float32"  # bfloat16 on GPUs only
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "tweets"  # tweets | rtpolarity | imdb | sst2 | rotten_tomatoes | tweet_emotion | local
+    data_dir: str | None = None  # holds rtpolarity/ and imdb/; default GRADMM_DATA_DIR or ../shared/data
+    source: str | None = None  # hub id or local folder for hub datasets; file path for `local`
+    name: str = ""  # `local` only: the dataset's name in results and output folders; default the file's stem
+    text_field: str = "text"  # `local` only
+    label_field: str = "label"  # `local` only
+    label_names: list[str] = field(default_factory=list)  # `local` only: class names, in label order
+    template: str = "paper"  # a name in TEMPLATES, or a custom string holding {text}
+    label_words: list[str] = field(default_factory=list)  # one per class; empty = the template's own
+    # What the generation instruction asks for ("Write one short {domain} {description}."); "" = the dataset's own
+    domain: str = ""  # what one text is: "movie review", "tweet", "news headline" (default for `local`: "text")
+    description: str = ""  # a text of class {label}: "with {label} sentiment", "about {label}"
+    max_text_tokens: int = DEFAULT_MAX_TEXT_TOKENS  # texts are cut to their first N tokens (scoring, matching, fine-tuning)
+    pool_per_class: int = 50  # real examples per class the generator may see (the authors: 50 in all, ≈ 25 per class)
+    dev_per_class: int = 100
+    test_per_class: int = 200
+    split_seed: int = 0  # fixed across method seeds so every method is tested on the same rows
+
+
+@dataclass
+class GenerateConfig:
+    n_per_class: int = 20  # raw synthetic texts per class (before filtering) = batches × batch_size
+    batch_size: int = 10  # B: sequences matched jointly against the class target (paper: 10)
+    seq_len: int = 0  # L incl. template tokens; 0 = mean real prompt length (the paper's auto length)
+    max_seq_len: int = 32  # cap on L (and L itself for DP runs: the real mean length is not private)
+    outer_steps: int = 10  # paper: 30
+    inner_steps: int = 10  # paper: 50
+    lr: float = 0.01  # Adam on X (paper: 0.008)
+    rho: float = 0.1  # ADMM penalty (paper sweeps 0.01–5)
+    adaptive_rho: bool = False  # residual balancing (Boyd et al. 2011, sec. 3.4.1): ×/÷ 2 when residuals differ 10×
+    rho_growth: float = 1.0  # ρ ← ρ·growth after every outer iteration (>1: continuation, X is pulled onto Z)
+    topk: int = 200  # candidates per position in the Z-step (paper: 200)
+    order: str = "nearest_then_probable"  # the authors' code; probable_then_nearest = the paper reader's;
+    # proximal = the exact Z-step for h(z) = −log p(z): the LM's favourite at small ρ, the nearest token at large ρ
+    projection: str = "admm"  # admm | end_only (the gradmm_no_projection ablation: optimise X, decode once)
+    init_candidates: int = 16  # random batches scored at initialisation, best kept (paper: 500)
+    init_norm: float = 0.0  # norm of each initial position vector; 0 = the model's median embedding norm
+    grad_clip: float = 1.0  # on the X gradient's total norm (paper script: 1.0)
+    matching_weight: float = 1.0  # 0 = the gradmm_no_matching ablation (prefix, projection and filter only)
+    center: bool = False  # variants study, centring: subtract the pool's mean final hidden state before the cosine
+    stop_changed_fraction: float = 0.0  # stop once fewer than this share of tokens change (0 = never)
+    decoding_prefix: str = "instruction"  # instruction (label-conditioned, as the authors) | none
+    template: str = ""  # the template whose gradient is matched: a name in data.TEMPLATES; "" = the task's own
+    joint: bool = False  # joint target: every batch holds all classes, matched against the whole pool's gradient
+    init: str = "random"  # random (the paper) | lm: start from LM samples under the class instruction (a variant)
+    seed: int = 0
+
+
+@dataclass
+class DPConfig:
+    enabled: bool = False
+    epsilon: float = 0.05  # the paper's DP setting
+    delta: float = 1e-4
+    clip_norm: float = 1.0  # C: per-example gradient clipping (paper: 1.0)
+    mechanism: str = "analytic"  # analytic (Balle & Wang 2018) | classical | official (the authors' code)
+    relation: str = "zero_out"  # neighbouring datasets: zero_out (C/n, as the authors) | replace_one (2C/n)
+    # The noise comes from OS entropy. A fixed seed makes it reproducible and so NOT private (anyone with the
+    # config can regenerate and subtract it): for tests only.
+    noise_seed_not_private: int | None = None
+
+
+@dataclass
+class FilterConfig:
+    n_per_class: int = 10  # the budget: texts per class in the final training set
+    label_filter: bool = True  # drop texts the LM classifies as another class
+    label_template: str = "review"  # template the filter classifies with ("" = the task's own; "review" is binary)
+    label_shots: int = 4  # demonstrations per class from the pool (forced to 0 in DP runs)
+    classifier: str = "lm"  # who checks labels: lm (in context, the paper) | pool_logreg | both (variants study)
+    rank: str = "score"  # score = match_loss + alpha·log_perplexity | none (generation order)
+    alpha: float = 0.0  # weight of log-perplexity in the score (the authors try 0 and 0.05)
+    balance: bool = True  # cut every class to the same count
+    seed: int = 0  # choice of the label filter's demonstrations
+
+
+@dataclass
+class FinetuneConfig:
+    learning_rates: list[float] = field(default_factory=lambda: [2e-5, 5e-5, 1e-4])  # grid; best on dev
+    steps: int = 20  # optimiser steps per run (feasibility: 20 steps of 8 ≈ 8 epochs over 20 texts)
+    batch_size: int = 8  # capped at the training-set size (a batch never holds the same text twice)
+    weight_decay: float = 0.0  # HF Trainer default, as in the authors' script
+    max_grad_norm: float = 1.0  # HF Trainer default clipping; 0 disables
+    schedule: str = "linear"  # linear (decay to 0, no warm-up: HF default) | constant
+    eval_batch_size: int = 32  # scoring batch for dev/test
+    lora: bool = False  # LoRA adapters (peft) instead of full fine-tuning: for large models on a GPU
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])  # Llama/Phi names
+
+
+@dataclass
+class ExperimentConfig:
+    datasets: list[str] = field(default_factory=lambda: ["tweets", "rtpolarity"])
+    seeds: list[int] = field(default_factory=lambda: [0])
+    # the budgets n (the filter keeps n per class; baselines select n per class): a list is the pipeline's grid,
+    # one stage call uses one n (at_budget)
+    n_per_class: list[int] | int = field(default_factory=lambda: [10])
+    generators: list[str] = field(default_factory=lambda: ["gradmm"])  # GRADMM variants to generate
+    baselines: list[str] = field(default_factory=lambda: ["zero_shot", "random_real", "llm_zero_shot_gen"])
+    methods: list[str] = field(default_factory=lambda: ["zero_shot", "random_real", "llm_zero_shot_gen", "gradmm"])
+    llm_raw_per_class: int = 20  # LM samples per class before the filter (as many as GRADMM's raw texts)
+    llm_shots: int = 4  # real demonstrations per class in llm_few_shot_gen's instruction
+    coreset_features: str = "minilm"  # minilm | lm (the LM's own last hidden state)
+
+
+@dataclass
+class StudyConfig:
+    datasets: list[str] = field(default_factory=lambda: ["rtpolarity"])
+    n_per_class: list[int] = field(default_factory=lambda: [10])  # budgets n
+    raw_per_class: int = 20  # texts every generating method writes per class before the filter
+    generation_seeds: list[int] = field(default_factory=lambda: [0])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])  # fine-tuning seeds (random_real: subsets)
+    methods: list[str] = field(default_factory=lambda: ["random_real", "llm_zero_shot_gen", "gradmm"])
+    generate: dict = field(default_factory=dict)  # generate.* overrides for every GRADMM variant (the schedule)
+    finetune: dict = field(default_factory=dict)  # finetune.* overrides for every method (e.g. the LR grid)
+    diagnostics_sets: int = 5  # disjoint dev sets of 10 per kind for the class-discrimination diagnostic
+    # The cheap first pass (`gradmm study --screen`): these keys replace the study's own for the variants that
+    # were only screened (e.g. {datasets: [rtpolarity], n_per_class: [10], methods: [...]}).
+    screen: dict = field(default_factory=dict)
+
+
+@dataclass
+class PrivacyConfig:
+    datasets: list[str] = field(default_factory=lambda: ["rtpolarity"])
+    n_per_class: int = 10  # the study budget whose training sets are attacked
+    methods: list[str] = field(default_factory=lambda: ["random_real", "llm_zero_shot_gen", "gradmm"])
+    attack_lr: float = 5.0e-5  # one fine-tuning run per attacked set (no dev search: the attacker's model)
+    attack_seed: int = 0
+    members: int = 100  # pool members attacked against as many dev non-members (at most the smaller split)
+    canaries: int = 4  # canary sentences added to the generation pool
+    canary_repeats: int = 1  # copies of each
+    canary_alternatives: int = 999  # random secrets each canary is ranked among (|R| = this + 1)
+    canary_method: str = "gradmm"  # the GRADMM variant that generates from the canaried pool
+    epsilons: list[float] = field(default_factory=lambda: [10.0, 1.0, 0.05])  # DP sweep; ∞ = the study's gradmm
+    dp_seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # fine-tuning seeds per ε
+    second_model: str = ""  # the report's second perplexity scorer (notebook 02); '' = none
+
+
+@dataclass
+class TransferConfig:
+    datasets: list[str] = field(default_factory=lambda: ["rtpolarity"])
+    targets: list[str] = field(default_factory=lambda: ["gemma3-270m", PROBE])
+    n_per_class: int = 10  # the study budget whose sets are transferred
+    methods: list[str] = field(default_factory=lambda: ["zero_shot", "random_real", "llm_zero_shot_gen", "gradmm"])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    generation_seed: int = 0  # which generated set of the study
+    finetune: dict = field(default_factory=dict)  # finetune.* overrides for causal targets (e.g. the LR grid)
+    probe_c: list[float] = field(default_factory=lambda: [0.1, 1.0, 10.0])  # the probe's C grid, picked on dev
+
+
+
+SECTIONS = {"model": ModelConfig, "data": DataConfig, "generate": GenerateConfig, "dp": DPConfig, "filter": FilterConfig, "finetune": FinetuneConfig, "experiment": ExperimentConfig, "study": StudyConfig, "privacy": PrivacyConfig, "transfer": TransferConfig}
+
+
+def section_classes() -> dict:
+    """The config dataclass of each params.yaml section."""
+    return dict(SECTIONS)
 
 
 # Inclusive (low, high) bounds of the numeric params that their stage's own check (admm.check_config,

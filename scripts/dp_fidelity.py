@@ -16,12 +16,19 @@ from pathlib import Path
 
 import torch
 
-from gradmm.config import load_config, read_params
-from gradmm.core.data import DataConfig, check_dataset_name, load_task
-from gradmm.experiments.dp_fidelity import COLUMNS, check_settings, markdown, measure
-from gradmm.methods.generate import DPConfig, GenerateConfig
-from gradmm.core.models import ModelConfig, check_model_name, load_model
+from gradmm.config import (
+    DataConfig,
+    DPConfig,
+    GenerateConfig,
+    ModelConfig,
+    load_config,
+    read_params,
+)
+from gradmm.core.data import check_dataset_name, load_task
+from gradmm.core.models import check_model_name, load_model
+from gradmm.experiments.dp_fidelity import COLUMNS, check_settings, measure
 from gradmm.io.records import write_text
+from gradmm.reporting.dp_fidelity import markdown
 
 
 def main(argv=None) -> int:

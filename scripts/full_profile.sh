@@ -17,7 +17,7 @@ if [ ! -f "$RUN_DIR/params.yaml" ]; then
   gradmm profile full --params "$RUN_DIR/params.yaml"
 fi
 python scripts/full_makefile.py "$RUN_DIR/params.yaml" "$RUN_DIR"
-# Label this call's lines in times.tsv (gradmm.runtimes reads the label): other sessions may have run on a GPU.
+# Label this call's lines in times.tsv (gradmm.reporting.runtimes reads the label): other sessions may have run on a GPU.
 echo "# machine: ${MACHINE:-CPU, $(nproc) cores, $JOBS stages at a time}" >> "$RUN_DIR/times.tsv"
 (cd "$RUN_DIR" && OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 TQDM_DISABLE=1 make -k -j "$JOBS" all) \
   || echo "full_profile.sh: some stages failed; see $RUN_DIR/times.tsv and $RUN_DIR/logs/" >&2

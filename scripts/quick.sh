@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PWD/.venv/bin:$PATH"
-if python -c "import sys, yaml; from gradmm.paths import data_dir; \
+if python -c "import sys, yaml; from gradmm.io.paths import data_dir; \
 d = data_dir(yaml.safe_load(open('params.yaml'))['data'].get('data_dir')); \
 sys.exit(0 if d and (d / 'rtpolarity').is_dir() else 1)"; then
   dvc repro report  # the classification experiment; `dvc repro study_report` is the variants study

@@ -3,7 +3,8 @@ import random
 
 import pytest
 
-from gradmm.core.data import DataConfig, Example, Task, TEMPLATES
+from gradmm.config import DataConfig
+from gradmm.core.data import TEMPLATES, Example, Task
 
 
 @pytest.fixture(scope="session")

@@ -6,9 +6,14 @@ import math
 import pytest
 import yaml
 
-from gradmm.experiments.privacy import (PrivacyConfig, attack_tables, canaried_task, check_privacy, dp_sweep_summary,
-                            write_attack_report)
 from gradmm.cli import main
+from gradmm.config import PrivacyConfig
+from gradmm.experiments.privacy import canaried_task, check_privacy
+from gradmm.reporting.privacy import (
+    attack_tables,
+    dp_sweep_summary,
+    write_attack_report,
+)
 from tests.test_study import PARAMS, _study, project  # noqa: F401 (the fixture)
 
 PRIVACY = {"datasets": ["toy"], "n_per_class": 2, "methods": ["random_real", "gradmm"], "members": 8, "canaries": 2,
@@ -43,7 +48,7 @@ def test_membership_canaries_and_the_dp_sweep(attacked):
     summ = dp_sweep_summary(tables["dp_sweep"])
     assert summ.epsilon.tolist() == [math.inf, 1.0]  # ∞ = the study's gradmm cell
     assert math.isinf(summ.snr.iloc[0]) and 0 < summ.snr.iloc[1] < math.inf  # DP noise: a finite SNR
-    from gradmm.methods.trainsets import task_from_dir
+    from gradmm.core.data import task_from_dir
 
     report = write_attack_report(tables, {"toy": task_from_dir(attacked / "task")}, attacked / "reports")
     assert set(report) == {"membership", "canaries", "dp_sweep"}
@@ -59,7 +64,7 @@ def test_membership_canaries_and_the_dp_sweep(attacked):
 
 
 def test_canaries_join_the_pool_with_every_class(project):  # noqa: F811
-    from gradmm.methods.trainsets import task_from_dir
+    from gradmm.core.data import task_from_dir
 
     task = task_from_dir(project / "task")
     ctask, canaries = canaried_task(task, PrivacyConfig(canaries=3, canary_repeats=2))

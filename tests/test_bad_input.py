@@ -4,6 +4,7 @@ section.key and its value, the file and line, the path) before any model loads, 
 import json
 import os
 import shutil
+import sys
 import typing
 from pathlib import Path
 
@@ -25,7 +26,10 @@ def project(tmp_path, monkeypatch):
     def no_model(*args, **kwargs):
         raise AssertionError("a model was loaded before the bad input was found")
 
-    monkeypatch.setattr("gradmm.core.models.load_model", no_model)
+    # every module that imported load_model holds its own name for it
+    for name, module in list(sys.modules.items()):
+        if name.split(".")[0] == "gradmm" and hasattr(module, "load_model"):
+            monkeypatch.setattr(module, "load_model", no_model)
     return tmp_path
 
 

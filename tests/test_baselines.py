@@ -6,12 +6,19 @@ import numpy as np
 import pytest
 import torch
 
-from gradmm.methods import baselines
-from gradmm.methods.baselines import (clean_generation, coverage_radius, generate_llm_texts, instruction, lm_features,
-                              llm_few_shot_gen, minilm_embeddings, select_coreset, select_herding, select_kcenter,
-                              select_random)
 from gradmm.core.data import TEMPLATES, Example, Task
 from gradmm.core.models import load_model
+from gradmm.methods import features, llm_text
+from gradmm.methods.features import lm_features, minilm_embeddings
+from gradmm.methods.llm_text import generate_llm_texts, llm_few_shot_gen
+from gradmm.methods.prompts import clean_generation, instruction
+from gradmm.methods.selection import (
+    coverage_radius,
+    select_coreset,
+    select_herding,
+    select_kcenter,
+    select_random,
+)
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +143,7 @@ def test_minilm_embeddings_put_paraphrases_nearer_than_unrelated_text():
     assert e.shape == (3, 384)
     torch.testing.assert_close(e.norm(dim=1), torch.ones(3))
     assert e[0] @ e[1] > e[0] @ e[2] + 0.3
-    assert baselines._MINILM is not None  # cached for the next call
+    assert features._MINILM is not None  # cached for the next call
 
 
 # -- LM generation ------------------------------------------------------------------------------
@@ -175,7 +182,7 @@ def test_few_shot_generation_shows_pool_examples_of_the_class(tiny, monkeypatch)
         seen.update(label=label, demos=list(demos))
         return ["x y"] * n
 
-    monkeypatch.setattr(baselines, "generate_llm_texts", fake)
+    monkeypatch.setattr(llm_text, "generate_llm_texts", fake)
     assert llm_few_shot_gen(model, tok, toy_task(), 1, 2, seed=0, shots=3) == ["x y", "x y"]
     assert len(seen["demos"]) == 3 and all(d.label == 1 and d in toy_task().pool for d in seen["demos"])
 

@@ -4,8 +4,17 @@ import json
 
 import pytest
 
-from gradmm.core.data import (PAPER_FILES, DataConfig, Example, deduplicate, download_paper_data, load_examples,
-                         load_task, resolve_template, stratified_splits)
+from gradmm.config import DataConfig
+from gradmm.core.data import (
+    PAPER_FILES,
+    Example,
+    deduplicate,
+    download_paper_data,
+    load_examples,
+    load_task,
+    resolve_template,
+    stratified_splits,
+)
 from gradmm.io.paths import SHARED_DATA_DIR
 from tests.conftest import toy_examples
 
@@ -139,8 +148,7 @@ def test_a_null_text_is_an_error_not_the_string_none(tmp_path):
 
 
 def test_a_prepared_task_with_a_null_text_names_file_and_line(tmp_path):
-    from gradmm.core.data import TEMPLATES, Task
-    from gradmm.methods.trainsets import task_from_dir, write_task
+    from gradmm.core.data import TEMPLATES, Task, task_from_dir, write_task
     ex = toy_examples(12)
     write_task(Task("toy", ["negative", "positive"], TEMPLATES["paper"], ex[:4], ex[4:8], ex[8:]), tmp_path)
     lines = (tmp_path / "dev.jsonl").read_text().splitlines()

@@ -1,11 +1,21 @@
 import math
 import warnings
+
 import pytest
 import torch
 
-from gradmm.core.data import Example, TEMPLATES
-from gradmm.core.dp import (analytic_sigma, classical_sigma, clip_target, gaussian_delta, noise_generator, noisy_target, official_sigma,
-                       per_example_norms, sensitivity)
+from gradmm.core.data import TEMPLATES, Example
+from gradmm.core.dp import (
+    analytic_sigma,
+    classical_sigma,
+    clip_target,
+    gaussian_delta,
+    noise_generator,
+    noisy_target,
+    official_sigma,
+    per_example_norms,
+    sensitivity,
+)
 from gradmm.core.matching import class_targets, explicit_head_grad, match_loss
 
 TEMPLATE = TEMPLATES["paper"]
@@ -66,7 +76,7 @@ def test_large_epsilon_calibrations():
     for eps in (2.0, 5.0, 10.0, 50.0):  # the official code's ε > 1 branch is valid, and ≥ the exact σ
         assert exact_delta(official_sigma(eps, 1e-5, 1.0), eps, 1.0) <= 1e-5
         assert official_sigma(eps, 1e-5, 1.0) >= analytic_sigma(eps, 1e-5, 1.0)
-    assert official_sigma(0.05, 1e-4, 1.0) == pytest.approx(86.87, abs=0.01)  # spec 6: σ·n ≈ 86.9
+    assert official_sigma(0.05, 1e-4, 1.0) == pytest.approx(86.87, abs=0.01)  # the authors' calibration: σ·n ≈ 86.9
 
 
 def test_sensitivity_relations():

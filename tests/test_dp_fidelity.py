@@ -7,17 +7,21 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import toy_examples
 
-from gradmm.core.admm import GenerateConfig, Layout, Problem
+from gradmm.config import DPConfig, GenerateConfig
+from gradmm.core.admm import Layout, Problem
 from gradmm.core.data import TEMPLATES
 from gradmm.core.dp import clip_target, noisy_target
-from gradmm.experiments.dp_fidelity import XStepGradient, fidelity, label_row_snr, measure
-from gradmm.methods.generate import DPConfig
 from gradmm.core.matching import class_targets
 from gradmm.core.projection import allowed_token_mask
 from gradmm.core.scoring import prompt_ids
-
-from conftest import toy_examples
+from gradmm.experiments.dp_fidelity import (
+    XStepGradient,
+    fidelity,
+    label_row_snr,
+    measure,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = TEMPLATES["paper"]

@@ -7,12 +7,12 @@ import json
 import pytest
 import torch
 
-from gradmm.core.admm import GenerateConfig, Layout, Problem, median_embedding_norm
-from gradmm.core.data import DataConfig
-from gradmm.methods.generate import DPConfig, generate
+from gradmm.config import DataConfig, DPConfig, GenerateConfig, ModelConfig
+from gradmm.core.admm import Layout, Problem, median_embedding_norm
 from gradmm.core.matching import class_targets
-from gradmm.core.models import ModelConfig, embed_ids, input_embeddings, last_hidden, load_model
+from gradmm.core.models import embed_ids, input_embeddings, last_hidden, load_model
 from gradmm.core.projection import ORDERS, allowed_token_mask, project_to_tokens
+from gradmm.methods.generate import generate
 from tests.conftest import toy_examples
 
 SENTENCE = " the film was a wonderful and moving story about love"

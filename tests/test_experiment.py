@@ -1,8 +1,16 @@
 import pytest
 
-from gradmm.methods.trainsets import (ExperimentConfig, all_methods, at_budget, baseline_trainset, budgets, check_experiment,
-                               check_method, evaluate_method, result_file, task_from_dir, variant_overrides, write_task)
-from gradmm.methods.finetune import FinetuneConfig
+from gradmm.config import ExperimentConfig, FinetuneConfig
+from gradmm.core.data import task_from_dir, write_task
+from gradmm.experiments.classification import result_file
+from gradmm.methods.registry import all_methods, check_method, variant_overrides
+from gradmm.methods.trainsets import (
+    at_budget,
+    budgets,
+    check_experiment,
+    evaluate_method,
+    make_trainset,
+)
 
 FT = FinetuneConfig(learning_rates=[1e-3], steps=2, batch_size=4)
 
@@ -26,15 +34,15 @@ def test_budgets_a_grid_and_one_per_stage_call(toy_task):
     with pytest.raises(ValueError, match=r"must list budgets ≥ 1, got \[2, 0\]"):
         check_experiment(ExperimentConfig(n_per_class=[2, 0]))
     with pytest.raises(ValueError, match="several budgets"):  # a baseline needs one n
-        baseline_trainset("random_real", None, None, toy_task, grid, seed=0)
-    assert len(baseline_trainset("random_real", None, None, toy_task, at_budget(grid, 2), seed=0)[0]) == 4
+        make_trainset("random_real", None, None, toy_task, grid, seed=0)
+    assert len(make_trainset("random_real", None, None, toy_task, at_budget(grid, 2), seed=0)[0]) == 4
     assert result_file("runs", "tweets", "gradmm", 5, 1).as_posix() == "runs/tweets/results/gradmm-n5-seed1.json"
 
 
 @pytest.mark.parametrize("method, size", [("zero_shot", 0), ("few_shot", 4), ("random_real", 4), ("full_real", 20)])
 def test_real_data_baselines_respect_the_budget(tiny, toy_task, method, size):
     model, tok = tiny
-    rows, _ = baseline_trainset(method, model, tok, toy_task, ExperimentConfig(n_per_class=2), seed=0)
+    rows, _ = make_trainset(method, model, tok, toy_task, ExperimentConfig(n_per_class=2), seed=0)
     assert len(rows) == size
     pool = {(ex.text, ex.label) for ex in toy_task.pool}
     assert all((r["text"], r["label"]) in pool for r in rows)  # real baselines only ever use the pool
@@ -44,7 +52,7 @@ def test_real_data_baselines_respect_the_budget(tiny, toy_task, method, size):
 
 def test_coreset_on_lm_features(tiny, toy_task):
     model, tok = tiny
-    rows, _ = baseline_trainset("kcenter", model, tok, toy_task, ExperimentConfig(n_per_class=2, coreset_features="lm"), 0)
+    rows, _ = make_trainset("kcenter", model, tok, toy_task, ExperimentConfig(n_per_class=2, coreset_features="lm"), 0)
     assert sorted(r["label"] for r in rows) == [0, 0, 1, 1]
 
 

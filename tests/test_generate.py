@@ -4,12 +4,11 @@ import pytest
 import torch
 
 import gradmm.core.admm as admm
-from gradmm.core.admm import GenerateConfig, Layout, Problem, run_batch
-from gradmm.core.data import DataConfig
-from gradmm.methods.generate import DPConfig, build_targets, generate
+from gradmm.config import DataConfig, DPConfig, GenerateConfig, ModelConfig
+from gradmm.core.admm import Layout, Problem, run_batch
 from gradmm.core.matching import class_targets
-from gradmm.core.models import ModelConfig
 from gradmm.core.projection import allowed_token_mask
+from gradmm.methods.generate import build_targets, generate
 from tests.conftest import toy_examples
 
 TINY = ModelConfig(name="tiny-random", device="cpu")

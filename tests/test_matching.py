@@ -4,9 +4,19 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gradmm.core.data import Example, TEMPLATES
-from gradmm.core.matching import (Target, class_targets, cosine_distance_to_target, explicit_head_grad, head_grads,
-                             head_logits, hidden_and_logits, match_loss, per_sample_match_loss, residuals)
+from gradmm.core.data import TEMPLATES, Example
+from gradmm.core.matching import (
+    Target,
+    class_targets,
+    cosine_distance_to_target,
+    explicit_head_grad,
+    head_grads,
+    head_logits,
+    hidden_and_logits,
+    match_loss,
+    per_sample_match_loss,
+    residuals,
+)
 from gradmm.core.models import last_hidden, output_head
 from gradmm.core.scoring import first_label_ids
 

@@ -5,9 +5,9 @@ import json
 
 import pytest
 
+from gradmm.cli import main
 from gradmm.reporting import classification as report
 from gradmm.reporting import tracking
-from gradmm.cli import main
 
 SETS = {"few_shot-n2-seed0": [{"text": "a fine film", "label": 1}, {"text": "dull", "label": 0}],
         "random_real-n2-seed0": [{"text": "loved it", "label": 1}, {"text": "boring", "label": 0}]}

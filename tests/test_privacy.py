@@ -7,10 +7,22 @@ import pytest
 import torch
 
 from gradmm.core.data import TEMPLATES, Example
-from gradmm.experiments.privacy_metrics import (attack_metrics, candidate_log_perplexities, canary_exposure, canary_in_texts,
-                            exact_match_rate, exposure_from_rank, leakage_vs_holdout, loss_attack_scores,
-                            make_canaries, nearest_neighbour_similarity, ngram_overlap, per_example_losses,
-                            random_secrets, reference_attack_scores)
+from gradmm.experiments.privacy_metrics import (
+    attack_metrics,
+    canary_exposure,
+    canary_in_texts,
+    candidate_log_perplexities,
+    exact_match_rate,
+    exposure_from_rank,
+    leakage_vs_holdout,
+    loss_attack_scores,
+    make_canaries,
+    nearest_neighbour_similarity,
+    ngram_overlap,
+    per_example_losses,
+    random_secrets,
+    reference_attack_scores,
+)
 
 POOL = ["the film was a wonderful surprise", "terrible acting and an awful plot", "i loved every minute of it"]
 
@@ -133,8 +145,8 @@ def test_reference_calibration_separates_what_the_loss_attack_cannot():
 
 
 def test_per_example_losses_match_the_finetuning_loss(tiny):
-    from gradmm.methods.finetune import classification_loss
     from gradmm.core.scoring import first_label_ids
+    from gradmm.methods.finetune import classification_loss
 
     model, tok = tiny
     template = TEMPLATES["paper"]

@@ -13,14 +13,19 @@ PROFILES = sorted((ROOT / "profiles").glob("*.yaml"))
 
 @pytest.mark.parametrize("profile", PROFILES, ids=[p.stem for p in PROFILES])
 def test_a_profile_merges_into_valid_settings(profile, tmp_path):
+    from gradmm.config import (
+        ExperimentConfig,
+        FinetuneConfig,
+        GenerateConfig,
+        ModelConfig,
+        StudyConfig,
+    )
     from gradmm.core.admm import check_config as check_generate
-    from gradmm.methods.trainsets import ExperimentConfig, check_experiment
-    from gradmm.methods.finetune import FinetuneConfig
-    from gradmm.methods.finetune import check_config as check_finetune
-    from gradmm.methods.generate import GenerateConfig
-    from gradmm.core.models import ModelConfig, check_model_name
-    from gradmm.experiments.variants import StudyConfig, check_study
+    from gradmm.core.models import check_model_name
     from gradmm.experiments.transfer import settings
+    from gradmm.experiments.variants import check_study
+    from gradmm.methods.finetune import check_config as check_finetune
+    from gradmm.methods.trainsets import check_experiment
 
     params = tmp_path / "params.yaml"
     shutil.copy(ROOT / "params.yaml", params)
@@ -53,9 +58,7 @@ def test_an_unknown_profile_key_is_named(tmp_path):
 
 
 def test_the_paper_faithful_profile_sets_the_authors_sizes_and_calibration(tmp_path):
-    from gradmm.core.data import DataConfig
-    from gradmm.methods.generate import DPConfig, GenerateConfig
-    from gradmm.experiments.variants import StudyConfig
+    from gradmm.config import DataConfig, DPConfig, GenerateConfig, StudyConfig
 
     params = tmp_path / "params.yaml"
     shutil.copy(ROOT / "params.yaml", params)
@@ -69,10 +72,11 @@ def test_the_paper_faithful_profile_sets_the_authors_sizes_and_calibration(tmp_p
 
 
 def test_the_authors_generation_template_matches_great_after_a_separate_space():
+    from gradmm.config import GenerateConfig
     from gradmm.core.data import TEMPLATES, Task
-    from gradmm.methods.generate import GenerateConfig, matching_task
     from gradmm.core.models import load_tokenizer
     from gradmm.core.scoring import first_label_ids
+    from gradmm.methods.generate import matching_task
 
     tok = load_tokenizer("tiny-random")  # the SmolLM2 tokenizer
     task = matching_task(Task("toy", ["negative", "positive"], TEMPLATES["paper"], [], [], []),

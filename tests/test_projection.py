@@ -4,8 +4,15 @@ import pytest
 import torch
 
 from gradmm.core.models import input_embeddings
-from gradmm.core.projection import (ORDERS, allowed_token_mask, embedding_only_decode, log_perplexity,
-                               nearest_tokens, project_to_tokens, project_to_tokens_naive)
+from gradmm.core.perplexity import log_perplexity
+from gradmm.core.projection import (
+    ORDERS,
+    allowed_token_mask,
+    embedding_only_decode,
+    nearest_tokens,
+    project_to_tokens,
+    project_to_tokens_naive,
+)
 
 
 @pytest.fixture(scope="module")

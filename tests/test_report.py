@@ -6,6 +6,8 @@ import warnings
 import pandas as pd
 import pytest
 
+from gradmm.experiments.classification import experiment_settings
+from gradmm.methods.registry import generator_of
 from gradmm.reporting import classification as report
 from gradmm.reporting import tracking
 
@@ -117,11 +119,11 @@ def test_missing_results_and_select(runs):
 def test_experiment_settings_fall_back_to_params():
     params = {"experiment": {"datasets": ["tweets"], "methods": ["gradmm"], "seeds": [0, 1], "n_per_class": 5},
               "model": {"name": "smollm2-135m"}}
-    s = report.experiment_settings(params, datasets=["rtpolarity"])
+    s = experiment_settings(params, datasets=["rtpolarity"])
     assert s == {"datasets": ["rtpolarity"], "methods": ["gradmm"], "seeds": [0, 1], "model": "smollm2-135m",
                  "n_per_class": [5]}  # a single budget is a grid of one
     with pytest.raises(ValueError, match="seeds"):
-        report.experiment_settings({}, ["a"], ["b"], None, "m", 1)
+        experiment_settings({}, ["a"], ["b"], None, "m", 1)
 
 
 def test_classification_figure_written(runs, tmp_path):
@@ -217,10 +219,10 @@ def test_generation_summary_reads_metrics_and_filter_counts(tmp_path):
 
 
 def test_generator_of():
-    assert report.generator_of("gradmm") == "gradmm"
-    assert report.generator_of("gradmm_no_filter") == "gradmm"
-    assert report.generator_of("gradmm_dp_no_filter") == "gradmm_dp"
-    assert report.generator_of("random_real") is None
+    assert generator_of("gradmm") == "gradmm"
+    assert generator_of("gradmm_no_filter") == "gradmm"
+    assert generator_of("gradmm_dp_no_filter") == "gradmm_dp"
+    assert generator_of("random_real") is None
 
 
 # ------------------------------------------------------------------------------------------- tracking

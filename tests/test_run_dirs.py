@@ -11,13 +11,12 @@ import pytest
 import torch
 
 import gradmm.methods.generate as generate_module
-from gradmm.core.admm import GenerateConfig
+from gradmm.config import DPConfig, GenerateConfig, ModelConfig
 from gradmm.core.dp import clip_target, noisy_target
-from gradmm.methods.generate import DPConfig, build_targets, generate
 from gradmm.core.matching import class_targets
-from gradmm.core.models import ModelConfig
 from gradmm.io.tensorfiles import load_tensors
 from gradmm.io.worksharing import claimed_run_dir
+from gradmm.methods.generate import build_targets, generate
 
 TINY = ModelConfig(name="tiny-random", device="cpu")
 FAST = dict(n_per_class=4, batch_size=2, outer_steps=2, inner_steps=2, topk=20, init_candidates=2, max_seq_len=10)

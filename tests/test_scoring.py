@@ -1,9 +1,16 @@
 import pytest
 import torch
 
-from gradmm.core.data import Example, Template, TEMPLATES
-from gradmm.core.scoring import (class_log_likelihoods, few_shot_prefix, first_label_ids, icl_accuracy,
-                            label_token_ids, predict, sample_demos)
+from gradmm.core.data import TEMPLATES, Example, Template
+from gradmm.core.scoring import (
+    class_log_likelihoods,
+    few_shot_prefix,
+    first_label_ids,
+    icl_accuracy,
+    label_token_ids,
+    predict,
+    sample_demos,
+)
 
 
 def _manual(model, tok, prompt, words):

@@ -1,4 +1,4 @@
-"""The variants study (issue 9) on the tiny model: a cell runs, resumes, refuses bad input, and reports."""
+"""The variants study on the tiny model: a cell runs, resumes, refuses bad input, and reports."""
 
 import json
 
@@ -6,9 +6,10 @@ import pytest
 import yaml
 
 from gradmm.cli import main
-from gradmm.core.data import TEMPLATES, Task
-from gradmm.methods.trainsets import write_task
-from gradmm.experiments.variants import StudyConfig, check_study, collect, method_overrides, screen_config
+from gradmm.config import StudyConfig
+from gradmm.core.data import TEMPLATES, Task, write_task
+from gradmm.experiments.variants import check_study, method_overrides, screen_config
+from gradmm.reporting.variants import collect
 from tests.conftest import toy_examples
 
 PARAMS = {
@@ -73,7 +74,9 @@ def test_baselines_and_zero_shot_cells_and_the_report(project):
     md = (project / "reports" / "tables" / "variants.md").read_text()
     assert "gradmm_converge" in md and "Diagnostics" in md
     assert (project / "reports" / "figures" / "variants.png").stat().st_size > 1000
-    from mlflow.tracking import MlflowClient  # one MLflow run per result, with the variant's diagnostics
+    from mlflow.tracking import (
+        MlflowClient,  # one MLflow run per result, with the variant's diagnostics
+    )
 
     from gradmm.reporting.tracking import tracking_uri
 
@@ -139,7 +142,7 @@ def _runs(rows):
 
 
 def test_the_dev_pick_uses_dev_only_and_the_variants_of_the_widest_grid():
-    from gradmm.experiments.variants import comparisons, dev_pick, summary
+    from gradmm.reporting.variants import comparisons, dev_pick, summary
 
     df = _runs([("a", 10, "gradmm", [0.9, 0.9], 0.60), ("a", 10, "gradmm_review", [0.5, 0.5], 0.70),
                 ("b", 10, "gradmm", [0.9, 0.9], 0.60), ("b", 10, "gradmm_review", [0.5, 0.5], 0.70),
@@ -160,8 +163,8 @@ def test_gradmm_plus_is_the_committed_studys_dev_pick():
 
     import pandas as pd
 
-    from gradmm.methods.trainsets import GENERATORS
-    from gradmm.experiments.variants import dev_pick, summary
+    from gradmm.methods.registry import GENERATORS
+    from gradmm.reporting.variants import dev_pick, summary
 
     table = Path(__file__).resolve().parent.parent / "reports" / "tables" / "variants.csv"
     pick = dev_pick(summary(pd.read_csv(table)))

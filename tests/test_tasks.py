@@ -9,18 +9,24 @@ import json
 import pandas as pd
 import pytest
 
-from gradmm.reporting import classification as report
-from gradmm.core.admm import GenerateConfig
-from gradmm.methods.baselines import instruction
 from gradmm.cli import build_parser
-from gradmm.core.data import TEMPLATES, DataConfig, load_task
-from gradmm.methods.trainsets import evaluate_method, task_from_dir, write_task
-from gradmm.methods.filtering import FilterConfig, filter_rows
-from gradmm.methods.finetune import FinetuneConfig, finetune_and_evaluate, label_logits
-from gradmm.methods.generate import DPConfig, generate
+from gradmm.config import (
+    DataConfig,
+    DPConfig,
+    FilterConfig,
+    FinetuneConfig,
+    GenerateConfig,
+    ModelConfig,
+)
+from gradmm.core.data import TEMPLATES, load_task, task_from_dir, write_task
 from gradmm.core.matching import hidden_and_logits
-from gradmm.core.models import ModelConfig
 from gradmm.core.scoring import first_label_ids, template_prompt
+from gradmm.methods.filtering import filter_rows
+from gradmm.methods.finetune import finetune_and_evaluate, label_logits
+from gradmm.methods.generate import generate
+from gradmm.methods.prompts import instruction
+from gradmm.methods.trainsets import evaluate_method
+from gradmm.reporting import classification as report
 from tests.conftest import toy_examples
 
 TOPICS = ["world", "sports", "business", "science", "health"]

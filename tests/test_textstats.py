@@ -6,10 +6,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from gradmm.core.data import TEMPLATES, Task, task_from_dir, write_task
 from gradmm.experiments import text_stats as textstats
-from gradmm.core.data import TEMPLATES, Task
-from gradmm.methods.trainsets import task_from_dir, write_task
 from gradmm.io.records import write_jsonl
+from gradmm.reporting import text_stats as text_report
 from tests.conftest import toy_examples
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -87,7 +87,7 @@ def test_perplexity_rows_one_finite_value_per_text(study, tiny):
                                                         progress=False)) for b in (1, 16))
     assert one["log_perplexity"].to_numpy() == pytest.approx(many["log_perplexity"].to_numpy(), abs=1e-4)
     assert "log_perplexity_conditioned" not in textstats.perplexity_rows(model, tok, task, {}, "t", progress=False)[0]
-    summ = textstats.perplexity_summary(df)
+    summ = text_report.perplexity_summary(df)
     assert len(summ) == 5
     assert {"n", "logppl_mean", "logppl_median", "logppl_std", "logppl_conditioned_mean"} <= set(summ)
 
@@ -111,7 +111,7 @@ def test_write_text_report_writes_tables_and_figures(tmp_path):
              "ngram8_holdout": 0.1, "nn_sim_mean_synthetic": 1.0, "nn_sim_p95_synthetic": 1.0,
              "nn_sim_mean_holdout": 0.6, "nn_sim_p95_holdout": 0.7}]
     div = [{"dataset": "toy", "method": "gradmm", "distinct_1": 0.5, "distinct_2": 0.6, "self_bleu": 0.3}]
-    tables = textstats.write_text_report(ppl, leak, div, tmp_path / "reports")
+    tables = text_report.write_text_report(ppl, leak, div, tmp_path / "reports")
     for name in ("tables/perplexity.csv", "tables/perplexity_texts.csv", "tables/privacy.csv",
                  "figures/perplexity.png", "figures/privacy.png"):
         assert (tmp_path / "reports" / name).stat().st_size > 0, name

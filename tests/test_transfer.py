@@ -1,4 +1,4 @@
-"""Transfer (issue 7) on tiny models: the study's sets (tiny-random) fine-tune another model and the MiniLM probe."""
+"""The transfer study on tiny models: the study's sets (tiny-random) fine-tune another model and the MiniLM probe."""
 
 
 import numpy as np
@@ -6,8 +6,10 @@ import pytest
 import yaml
 
 from gradmm.cli import main
+from gradmm.config import TransferConfig
 from gradmm.core.data import TEMPLATES, Example, Task
-from gradmm.experiments.transfer import TransferConfig, check_transfer, collect, probe_result
+from gradmm.experiments.transfer import check_transfer, probe_result
+from gradmm.reporting.transfer import collect
 from tests.test_study import PARAMS, _study, project  # noqa: F401 (the fixture)
 
 TRANSFER = {"datasets": ["toy"], "targets": ["tiny-random-untied", "minilm"], "n_per_class": 2,

@@ -6,16 +6,21 @@ import pytest
 import torch
 
 import gradmm.core.admm as admm
-from gradmm.core.admm import GenerateConfig, Layout, Problem, check_config, run_batch
+from gradmm.config import DPConfig, FilterConfig, GenerateConfig, ModelConfig
+from gradmm.core.admm import Layout, Problem, check_config, run_batch
 from gradmm.core.data import TEMPLATES, Task
-from gradmm.methods.trainsets import GENERATORS
-from gradmm.methods.filtering import FilterConfig, filter_rows
-from gradmm.methods.generate import DPConfig, generate, matching_task
-from gradmm.core.matching import class_targets, joint_target, match_loss, hidden_and_logits
-from gradmm.core.models import ModelConfig
+from gradmm.core.matching import (
+    class_targets,
+    hidden_and_logits,
+    joint_target,
+    match_loss,
+)
 from gradmm.core.projection import allowed_token_mask
-from gradmm.io.records import read_jsonl
 from gradmm.core.scoring import first_label_ids
+from gradmm.io.records import read_jsonl
+from gradmm.methods.filtering import filter_rows
+from gradmm.methods.generate import generate, matching_task
+from gradmm.methods.registry import GENERATORS
 from tests.conftest import toy_examples
 
 TINY = ModelConfig(name="tiny-random", device="cpu")
@@ -29,7 +34,7 @@ def task():
 
 
 def test_every_variant_is_a_valid_override_set():
-    from gradmm.methods.trainsets import variant_overrides
+    from gradmm.methods.registry import variant_overrides
 
     for name, sections in GENERATORS.items():
         assert set(sections) <= {"generate", "dp", "filter"}, name

@@ -65,10 +65,8 @@ def _count_batches(calls: str) -> None:
 
 
 def _generate_counting(data_path: str, out: str, calls: str) -> None:
-    from gradmm.core.admm import GenerateConfig
-    from gradmm.core.data import DataConfig
-    from gradmm.methods.generate import DPConfig, generate
-    from gradmm.core.models import ModelConfig
+    from gradmm.config import DataConfig, DPConfig, GenerateConfig, ModelConfig
+    from gradmm.methods.generate import generate
 
     _count_batches(calls)
     data = DataConfig(dataset="local", source=data_path, label_names=["negative", "positive"], pool_per_class=10,
@@ -124,10 +122,9 @@ def test_two_processes_of_one_study_cell_share_its_generation(tmp_path):
     (a set lock held during the whole generation once serialised them)."""
     import shutil
 
-    from gradmm.methods.trainsets import write_task
+    from gradmm.core.data import TEMPLATES, Task, write_task
     from gradmm.io.paths import PROJECT_ROOT
     from tests.conftest import toy_examples
-    from gradmm.core.data import TEMPLATES, Task
 
     rows = toy_examples(30)
     write_task(Task("toy", ["negative", "positive"], TEMPLATES["paper"], rows[:20], rows[20:40], rows[40:60]),

@@ -1,4 +1,4 @@
-"""ADMM over input embeddings: continuous X matches the gradient, discrete Z are real tokens (spec 4).
+"""ADMM over input embeddings: continuous X matches the gradient, discrete Z are real tokens (the authors' way).
 
     Z ← Proj(X + Λ/ρ)                                    top-k nearest tokens, the LM's favourite (projection.py)
     X ← X − Adam(∇ [w·f(X) + ρ/2 ‖X − Z + Λ/ρ‖²])       inner steps, prompt positions frozen, gradient clipped
@@ -16,42 +16,13 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from gradmm.config import GenerateConfig
 from gradmm.core.matching import Target, head_logits, match_loss
 from gradmm.core.models import input_embeddings, last_hidden
 from gradmm.core.projection import ORDERS, project_to_tokens
 from gradmm.io.tensorfiles import load_tensors, save_tensors
 
-
 INITS = ("random", "lm")
-
-
-@dataclass
-class GenerateConfig:
-    n_per_class: int = 20  # raw synthetic texts per class (before filtering) = batches × batch_size
-    batch_size: int = 10  # B: sequences matched jointly against the class target (paper: 10)
-    seq_len: int = 0  # L incl. template tokens; 0 = mean real prompt length (the paper's auto length)
-    max_seq_len: int = 32  # cap on L (and L itself for DP runs: the real mean length is not private)
-    outer_steps: int = 10  # paper: 30
-    inner_steps: int = 10  # paper: 50
-    lr: float = 0.01  # Adam on X (paper: 0.008)
-    rho: float = 0.1  # ADMM penalty (paper sweeps 0.01–5)
-    adaptive_rho: bool = False  # residual balancing (Boyd et al. 2011, §3.4.1): ×/÷ 2 when residuals differ 10×
-    rho_growth: float = 1.0  # ρ ← ρ·growth after every outer iteration (>1: continuation, X is pulled onto Z)
-    topk: int = 200  # candidates per position in the Z-step (paper: 200)
-    order: str = "nearest_then_probable"  # the authors' code; probable_then_nearest = the paper reader's;
-    # proximal = the exact Z-step for h(z) = −log p(z): the LM's favourite at small ρ, the nearest token at large ρ
-    projection: str = "admm"  # admm | end_only (the gradmm_no_projection ablation: optimise X, decode once)
-    init_candidates: int = 16  # random batches scored at initialisation, best kept (paper: 500)
-    init_norm: float = 0.0  # norm of each initial position vector; 0 = the model's median embedding norm
-    grad_clip: float = 1.0  # on the X gradient's total norm (paper script: 1.0)
-    matching_weight: float = 1.0  # 0 = the gradmm_no_matching ablation (prefix, projection and filter only)
-    center: bool = False  # issue 9 (b): subtract the pool's mean final hidden state before the cosine
-    stop_changed_fraction: float = 0.0  # stop once fewer than this share of tokens change (0 = never)
-    decoding_prefix: str = "instruction"  # instruction (label-conditioned, as the authors) | none
-    template: str = ""  # the template whose gradient is matched: a name in data.TEMPLATES; "" = the task's own
-    joint: bool = False  # issue 9 (c): every batch holds all classes, matched against the whole pool's gradient
-    init: str = "random"  # random (the paper) | lm: start from LM samples under the class instruction (issue 9 e)
-    seed: int = 0
 
 
 def check_config(cfg: GenerateConfig, allowed_vocab: int | None = None) -> None:
@@ -192,13 +163,13 @@ def median_embedding_norm(model) -> float:
 
 @torch.no_grad()
 def initialise(problem: Problem, batch_size: int, generator: torch.Generator) -> torch.Tensor:
-    """Best of `init_candidates` batches by f (spec 4.2).
+    """Best of `init_candidates` batches by f (the authors' init.py keeps the best of 500).
 
     init="random": N(0,1) vectors, each position rescaled to init_norm. The authors rescale after choosing;
     here candidates are rescaled first, so the batch kept is the one that scored best at the scale it starts
     from. The norm defaults to the model's own embedding norm (the paper's 1.4 was tuned for Phi-1.5;
     SmolLM2's median is 3.1).
-    init="lm": the embeddings of LM samples under the class instruction (GRADMM refining LM text, issue 9 e).
+    init="lm": the embeddings of LM samples under the class instruction (GRADMM refining LM text, a variant).
     """
     cfg = problem.cfg
     norm = cfg.init_norm or median_embedding_norm(problem.model)
@@ -279,7 +250,7 @@ def run_batch(problem: Problem, batch_size: int, seed: int, checkpoint: Path | N
             grad_f = torch.autograd.grad(f_X, X)[0] if cfg.matching_weight else torch.zeros_like(X)
             grad_pen = rho * (X.detach() - Z + Lam / rho) if use_admm else torch.zeros_like(X)
             grad = (cfg.matching_weight * grad_f + grad_pen) * free_mask  # template positions stay frozen
-            if s == 0:  # diagnostics: is the matching term heard next to the penalty? (issue 9)
+            if s == 0:  # diagnostics: is the matching term heard next to the penalty? (variants study)
                 record.update(f_X=f_X.item(), grad_norm_match=(cfg.matching_weight * grad_f * free_mask).norm().item(),
                               grad_norm_penalty=(grad_pen * free_mask).norm().item())
             norm = grad.norm()

@@ -15,21 +15,18 @@ import json
 import random
 import re
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
+from gradmm.config import DEFAULT_MAX_TEXT_TOKENS, DataConfig
 from gradmm.io.paths import data_dir as resolve_data_dir
+from gradmm.io.records import read_json, read_text_rows, write_json, write_jsonl
 
 
 @dataclass(frozen=True)
 class Example:
     text: str
     label: int
-
-
-# Longer texts keep their first 128 tokens (the head: a headline, a first sentence); every text of the
-# rtpolarity, tweets and imdb splits is shorter (at most 76 SmolLM2 tokens), so none of them is cut.
-DEFAULT_MAX_TEXT_TOKENS = 128
 
 
 @dataclass(frozen=True)
@@ -55,7 +52,8 @@ class Template:
         return self.format.split("{text}")[1]
 
 
-# The paper's templates (spec 3.2) and the one that SmolLM2 scores best zero-shot (feasibility findings).
+# The paper's templates (" It was great/bad" for reviews) and the one that SmolLM2 scores best zero-shot
+# (feasibility findings).
 TEMPLATES = {
     "paper": Template("{text} It was", (" bad", " great")),
     "review": Template("Review: {text}\nSentiment (positive or negative):", (" negative", " positive")),
@@ -64,27 +62,6 @@ TEMPLATES = {
     # fine-tuning, like ours everywhere, uses " great" after "It was" (the `paper` template).
     "paper_generation": Template("{text} It was ", ("bad", "great")),
 }
-
-
-@dataclass
-class DataConfig:
-    dataset: str = "tweets"  # tweets | rtpolarity | imdb | sst2 | rotten_tomatoes | tweet_emotion | local
-    data_dir: str | None = None  # holds rtpolarity/ and imdb/; default GRADMM_DATA_DIR or ../shared/data
-    source: str | None = None  # hub id or local folder for hub datasets; file path for `local`
-    name: str = ""  # `local` only: the dataset's name in results and output folders; default the file's stem
-    text_field: str = "text"  # `local` only
-    label_field: str = "label"  # `local` only
-    label_names: list[str] = field(default_factory=list)  # `local` only: class names, in label order
-    template: str = "paper"  # a name in TEMPLATES, or a custom string holding {text}
-    label_words: list[str] = field(default_factory=list)  # one per class; empty = the template's own
-    # What the generation instruction asks for ("Write one short {domain} {description}."); "" = the dataset's own
-    domain: str = ""  # what one text is: "movie review", "tweet", "news headline" (default for `local`: "text")
-    description: str = ""  # a text of class {label}: "with {label} sentiment", "about {label}"
-    max_text_tokens: int = DEFAULT_MAX_TEXT_TOKENS  # texts are cut to their first N tokens (scoring, matching, fine-tuning)
-    pool_per_class: int = 50  # real examples per class the generator may see (the authors: 50 in all, ≈ 25 per class)
-    dev_per_class: int = 100
-    test_per_class: int = 200
-    split_seed: int = 0  # fixed across method seeds so every method is tested on the same rows
 
 
 # Each loader returns (examples, class names). Labels are class indices.
@@ -251,7 +228,7 @@ DATASETS = {
     "local": "your own .jsonl/.csv: data.source, text_field, label_field, label_names (named after the file)",
 }
 
-# The generation instruction's words per dataset (gradmm.methods.baselines.instruction): what one text is, and what a
+# The generation instruction's words per dataset (gradmm.methods.prompts.instruction): what one text is, and what a
 # text of class {label} is. Other datasets: "text" and GENERIC_DESCRIPTION unless data.domain/description say.
 DOMAINS = {"rtpolarity": "movie review", "imdb": "movie review", "sst2": "movie review",
            "rotten_tomatoes": "movie review", "tweets": "tweet", "tweet_emotion": "tweet"}
@@ -390,3 +367,27 @@ def load_task(cfg: DataConfig) -> Task:
     splits = stratified_splits(examples, len(names), sizes, cfg.split_seed, names)
     return Task(name, names, template, splits["pool"], splits["dev"], splits["test"], cfg.domain or None,
                 cfg.description or None)
+
+
+def task_from_dir(folder: Path) -> Task:
+    """A prepared task (written by `gradmm prepare`): meta.json + pool/dev/test jsonl."""
+    folder = Path(folder)
+    if not (folder / "meta.json").is_file():
+        raise FileNotFoundError(f"{folder} holds no prepared task (meta.json): run `gradmm prepare` first")
+    meta = read_json(folder / "meta.json")
+    split = {s: [Example(r["text"], r["label"]) for r in read_text_rows(folder / f"{s}.jsonl")] for s in ("pool", "dev", "test")}
+    # Tasks prepared before domain, description and max_text_tokens were recorded get the dataset's defaults.
+    template = Template(meta["template"], tuple(meta["label_words"]), meta.get("max_text_tokens", DEFAULT_MAX_TEXT_TOKENS))
+    return Task(meta["name"], meta["class_names"], template, split["pool"], split["dev"], split["test"],
+                meta.get("domain"), meta.get("description"))
+
+
+def write_task(task: Task, folder: Path) -> None:
+    folder = Path(folder)
+    for s in ("pool", "dev", "test"):
+        write_jsonl(folder / f"{s}.jsonl", [{"text": ex.text, "label": ex.label} for ex in getattr(task, s)])
+    write_json(folder / "meta.json", {"name": task.name, "class_names": task.class_names,
+                                      "template": task.template.format, "label_words": list(task.template.label_words),
+                                      "max_text_tokens": task.max_text_tokens, "domain": task.domain,
+                                      "description": task.description,
+                                      "sizes": {s: len(getattr(task, s)) for s in ("pool", "dev", "test")}})

@@ -1,6 +1,6 @@
 """Differentially-private class targets: clip each real example's head gradient, add Gaussian noise once.
 
-Mechanism (spec 6): every real example's matched gradient (W and b flattened together) is scaled to total
+Mechanism (as the authors'): every real example's matched gradient (W and b flattened together) is scaled to total
 norm ≤ C, the class average is taken, and N(0, σ² I) is added once to every coordinate of every matched
 tensor. Everything downstream (generation *and* the filter's per-sample score) must use the noisy target;
 by post-processing the synthetic text is then (ε, δ)-DP w.r.t. that class's real examples, and classes are
@@ -11,10 +11,11 @@ datasets differ in one example being replaced by a null example that contributes
 public. The average of n clipped gradients then moves by at most C/n, which is the sensitivity the official
 code uses. Under the stricter replace-one relation (one example swapped for an arbitrary other) the same
 average moves by up to 2C/n: pass relation="replace_one" to calibrate for that. (Add/remove of an example
-with n treated as public is what the official code claims; strictly it changes n, see spec 6 caveat d.)
+with n treated as public is what the official code claims; strictly it changes n, so 2C/n is the safe bound.)
 
 Not covered by the noise: the class sizes n, a data-derived centre (matching.class_targets center="pool"),
-the synthetic length taken from real lengths, and hyper-parameter selection on real data (spec 6 caveats).
+the synthetic length taken from real lengths, and hyper-parameter selection on real data (the authors'
+pipeline leaves them out too).
 """
 
 import dataclasses
@@ -159,8 +160,8 @@ def noisy_target(target: Target, epsilon: float, delta: float, clip_norm: float 
 
     σ = MECHANISMS[mechanism](ε, δ, sensitivity(C, n, relation)). The noise is drawn once, on the CPU from
     `generator` (default: a fresh one seeded from OS entropy, see `noise_generator`), in float32, then moved
-    to the target's device. The SNR is the number to report (spec 6): with SmolLM2 (V·d ≈ 2.8e7) and the
-    paper's ε = 0.05, n = 50, C = 1 it is of order 1e-4: the target is essentially pure noise.
+    to the target's device. The SNR is the number to report (how much signal survives): with SmolLM2 (V·d ≈ 2.8e7)
+    and the paper's ε = 0.05, n = 50, C = 1 it is of order 1e-4: the target is essentially pure noise.
     """
     if mechanism not in MECHANISMS:
         raise ValueError(f"mechanism {mechanism!r}: use one of {sorted(MECHANISMS)}")

@@ -3,11 +3,11 @@
 For one sequence with final (post-norm) hidden state h at the last position, p = softmax(W h + b) and the
 label token y (the first token of the class's label word), the cross-entropy −log p[y] has the head gradient
 
-    g_W = r hᵀ,   g_b = r,   r = p − e_y                                   (spec 3.2)
+    g_W = r hᵀ,   g_b = r,   r = p − e_y                    (the authors' compute_grads_lm)
 
 and a batch of B sequences matches the batch mean (1/B) Σ_i r_i h_iᵀ. That is a V×d matrix (28M entries
 for SmolLM2), so nothing here builds it per step: every quantity the cosine needs is a sum of products of
-small Gram matrices (spec 15.3):
+small Gram matrices (never V×d):
 
     <g_W, G*_W> = (1/B)(1/n) Σ_{i,j} w_j (r_iᵀ r*_j)(h_iᵀ h*_j)  [+ (1/B) Σ_i r_iᵀ N h_i with DP noise N]
     ‖g_W‖²      = (1/B²)     Σ_{i,i'}    (r_iᵀ r_i')(h_iᵀ h_i')
@@ -16,7 +16,7 @@ Autograd differentiates these w.r.t. h and p like any other function of the tran
 "double backward" of the official code becomes one ordinary backward.
 
 For a tied model (SmolLM2) W is the embedding matrix in its output role only: the gradient through the
-input-embedding use of the same matrix is ignored, as the spec (15.1) prescribes.
+input-embedding use of the same matrix is ignored (the output-side head gradient in closed form).
 """
 
 from dataclasses import dataclass, field
@@ -152,7 +152,7 @@ def match_loss_r(h: Tensor, r: Tensor, target: Target, per_sample: bool = False)
 
 
 def match_loss(h: Tensor, logits: Tensor, y: int | Tensor, target: Target, per_sample: bool = False) -> Tensor:
-    """The official distance f = mean over τ ∈ {W, b (if the head has one)} of 1 − cos(G*_τ, g_τ) (spec 3.4).
+    """The official distance f = mean over τ ∈ {W, b (if the head has one)} of 1 − cos(G*_τ, g_τ) (the authors').
 
     h: (B, d) final hidden states, logits: (B, V) = W h + b of the *uncentred* h (the model's prediction),
     y: the label token. The batch's mean gradient is matched jointly (a scalar, as in the official code);
@@ -230,10 +230,10 @@ def _resolve_center(center: Tensor | str | None, H_pool: Tensor) -> Tensor | Non
 
 def class_targets(model, tokenizer, examples: list[Example], template: Template, batch_size: int = 16,
                   max_tokens: int | None = None, center: Tensor | str | None = None) -> list[Target]:
-    """One Target per class: the average per-example head gradient of that class's real examples (spec 3.3).
+    """One Target per class: the average per-example head gradient of that class's real examples (as the authors).
 
     center: None (the paper), a (d,) vector, or "pool" = the mean final hidden state over *all* given
-    examples (both classes; the feasibility study's centred variant, issue 9 b). Centring subtracts the
+    examples (both classes; the feasibility study's centred variant). Centring subtracts the
     vector from real and synthetic hidden states alike, so the matched W-gradient is mean_i r_i (h_i − c)ᵀ;
     the residuals (the model's prediction) are unchanged. A "pool" centre is computed from the real data: it
     is not covered by the DP noise of gradmm.core.dp (pass a public vector for a private run).
@@ -253,7 +253,7 @@ def class_targets(model, tokenizer, examples: list[Example], template: Template,
 
 def joint_target(model, tokenizer, examples: list[Example], template: Template, batch_size: int = 16,
                  max_tokens: int | None = None, center: Tensor | str | None = None) -> Target:
-    """The average head gradient of all examples, each for its own label (issue 9 c): the gradient that
+    """The average head gradient of all examples, each for its own label (the joint-target variant): the gradient that
     fine-tuning on them takes, G* = (1/n) Σ_j (p_j − e_{y_j}) h_jᵀ. Its `label_id` is −1: a synthetic batch
     matched against it carries one label per row (`JointProblem`). `center` as in `class_targets`."""
     if not examples:

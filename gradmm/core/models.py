@@ -9,12 +9,19 @@ import logging
 import os
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import (AutoModelForCausalLM, AutoTokenizer, Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig,
-                          LlamaForCausalLM, PhiConfig, PhiForCausalLM)
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    Gemma3ForCausalLM,
+    Gemma3TextConfig,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PhiConfig,
+    PhiForCausalLM,
+)
 
 from gradmm.io.paths import cache_dir
 
@@ -30,13 +37,6 @@ OFFLINE_MODELS = {
     "tiny-random-gemma": "tiny random Gemma-3 (tied head, embeddings scaled by √d) with the SmolLM2 tokenizer, for tests",
 }
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-
-
-@dataclass
-class ModelConfig:
-    name: str = "smollm2-135m"  # an OFFLINE_MODELS name, a local folder, or a hub id (internet)
-    device: str = "auto"  # auto = CUDA when present
-    dtype: str = "float32"  # bfloat16 on GPUs only
 
 
 def _package_folder(package: str, pip_name: str) -> Path:

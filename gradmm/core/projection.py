@@ -1,4 +1,4 @@
-"""The Z-step of ADMM: project continuous embeddings onto real tokens (spec 4.3 step 2, 4.6).
+"""The Z-step of ADMM: project continuous embeddings onto real tokens (the authors' top-k projection, word tokens only).
 
 For every free position the k allowed tokens nearest (cosine) to the position vector are candidates; the
 sequence is decoded left to right and at each position the candidate the LM finds most probable next is
@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from gradmm.core.models import input_embeddings
+from gradmm.core.perplexity import as_ids, context_ids
 
 ORDERS = ("nearest_then_probable", "probable_then_nearest", "proximal")
 # Word tokens only: ASCII letters, optionally one leading space (a word start such as " great"), at most 17
@@ -31,7 +32,8 @@ def allowed_token_mask(tokenizer, num_embeddings: int | None = None) -> torch.Te
     """BoolTensor[num_embeddings] (default len(tokenizer)): True for word tokens the projection may emit.
 
     Ids the tokenizer does not know (>= len(tokenizer), e.g. Phi's padding rows of the embedding matrix) are
-    banned, unlike the authors' code (spec 14 item 8); a shorter num_embeddings drops ids the model lacks.
+    banned, unlike the authors' code (rebuilding its ban list, it lets them through); a shorter num_embeddings
+    drops ids the model lacks.
     """
     n = len(tokenizer) if num_embeddings is None else num_embeddings
     hit = _MASK_CACHE.get(id(tokenizer))
@@ -83,27 +85,10 @@ def embedding_only_decode(E: torch.Tensor, emb: torch.Tensor, allowed: torch.Ten
     return nearest_tokens(E, emb, allowed, 1)[..., 0]
 
 
-def _as_ids(ids, device) -> torch.Tensor:
-    if ids is None:
-        return torch.zeros(0, dtype=torch.long, device=device)
-    return torch.as_tensor(ids, dtype=torch.long, device=device).reshape(-1)
 
 
-def _bos(model) -> int | None:
-    bos = getattr(model.config, "bos_token_id", None)
-    if bos is None and getattr(model, "generation_config", None) is not None:
-        bos = model.generation_config.bos_token_id
-    if isinstance(bos, (list, tuple)):
-        bos = bos[0] if bos else None
-    return bos
 
 
-def _context(model, prefix_ids, fixed_prefix_ids, device) -> torch.Tensor:
-    """Decoding prefix + fixed prefix; the BOS token if both are empty (an empty tensor if there is none)."""
-    ctx = torch.cat([_as_ids(prefix_ids, device), _as_ids(fixed_prefix_ids, device)])
-    if ctx.numel() == 0 and _bos(model) is not None:
-        ctx = torch.tensor([_bos(model)], dtype=torch.long, device=device)
-    return ctx
 
 
 class _Chooser:
@@ -156,7 +141,7 @@ class _Chooser:
 
 
 def _layout(E, fixed_prefix_ids, fixed_suffix_ids, device):
-    fp, fs = _as_ids(fixed_prefix_ids, device), _as_ids(fixed_suffix_ids, device)
+    fp, fs = as_ids(fixed_prefix_ids, device), as_ids(fixed_suffix_ids, device)
     if E.dim() != 3:
         raise ValueError(f"E must be (B, L, d), got shape {tuple(E.shape)}")
     n_free = E.shape[1] - fp.numel() - fs.numel()
@@ -189,7 +174,7 @@ def project_to_tokens(model, E, prefix_ids, allowed, k, order="nearest_then_prob
     fp, fs, n_free = _layout(E, fixed_prefix_ids, fixed_suffix_ids, device)
     B = E.shape[0]
     choose = _Chooser(E[:, fp.numel():fp.numel() + n_free], emb, allowed, k, order, rho)
-    ctx = _context(model, prefix_ids, fp, device)
+    ctx = context_ids(model, prefix_ids, fp, device)
     free, nlls = [], []
     cache = logits = None
     if ctx.numel():
@@ -214,13 +199,13 @@ def project_to_tokens(model, E, prefix_ids, allowed, k, order="nearest_then_prob
 def project_to_tokens_naive(model, E, prefix_ids, allowed, k, order="nearest_then_probable", fixed_suffix_ids=None,
                             fixed_prefix_ids=None, progress=True, rho=0.0, emb=None):
     """project_to_tokens without a KV cache: a full forward of the growing sequence per position (the
-    authors' way, spec 15.3). A reference for tests and the benchmark; same arguments and results."""
+    authors' way). A reference for tests and the benchmark; same arguments and results."""
     emb = input_embeddings(model) if emb is None else emb  # as fed to the first layer: the space E lives in
     device = emb.device
     fp, fs, n_free = _layout(E, fixed_prefix_ids, fixed_suffix_ids, device)
     B = E.shape[0]
     choose = _Chooser(E[:, fp.numel():fp.numel() + n_free], emb, allowed, k, order, rho)
-    ctx = _context(model, prefix_ids, fp, device).expand(B, -1)
+    ctx = context_ids(model, prefix_ids, fp, device).expand(B, -1)
     free, nlls = [], []
     for j in tqdm(range(n_free), desc="Z-step (naive)", leave=False, disable=not progress):
         seq = torch.cat([ctx] + [t[:, None] for t in free], dim=1)
@@ -233,39 +218,3 @@ def project_to_tokens_naive(model, E, prefix_ids, allowed, k, order="nearest_the
     return _assemble(fp, torch.stack(free, 1), fs, nlls, len(nlls))
 
 
-@torch.no_grad()
-def log_perplexity(model, ids, prefix_ids=None, start=0, end=None, mask=None, batch_size=16):
-    """FloatTensor[B]: mean natural-log NLL of ids[:, start:end] given prefix_ids + ids[:, :start].
-
-    ids: LongTensor[B, T]; mask (optional, [B, T]) marks real tokens of right-padded rows (padding at the
-    end never affects earlier positions of a causal LM, so it is only left out of the mean). As in
-    project_to_tokens, a BOS token is put first when nothing would precede the first scored token; with no
-    BOS that token is not scored. With start = len(fixed prefix) and end = start + free length this
-    reproduces the logppl that project_to_tokens returns.
-    """
-    device = model.get_input_embeddings().weight.device
-    ids = torch.as_tensor(ids, dtype=torch.long, device=device)
-    B, T = ids.shape
-    end = T if end is None else end
-    if not 0 <= start < end <= T:
-        raise ValueError(f"need 0 <= start < end <= {T}, got start={start}, end={end}")
-    ctx = _as_ids(prefix_ids, device)
-    if ctx.numel() == 0 and start == 0:  # nothing precedes the first scored token: BOS, as in the Z-step
-        ctx = _context(model, None, None, device)
-    P = ctx.numel()
-    keep = mask if mask is not None else torch.ones(B, T, dtype=torch.bool)
-    keep = torch.as_tensor(keep, device=device).bool()
-    seq = torch.cat([ctx.expand(B, -1), ids], dim=1)
-    # logits[:, t] predicts seq[:, t + 1]; only the positions from the one before the first scored token on
-    # are needed: P + start - 1 .. P + end - 2.
-    first = max(P + start - 1, 0)
-    out = []
-    for i in range(0, B, batch_size):
-        rows = seq[i:i + batch_size, :P + end]
-        logits = model(input_ids=rows, use_cache=False, logits_to_keep=P + end - first).logits.float()
-        logits = logits[:, :-1]  # the last position predicts the token after end
-        target = rows[:, first + 1:]
-        nll = -logits.log_softmax(-1).gather(2, target[..., None])[..., 0]  # NLL of seq[:, first+1 .. P+end-1]
-        sel = keep[i:i + batch_size, first + 1 - P:end].float()  # P = 0: the first token is not scored
-        out.append((nll * sel).sum(1) / sel.sum(1))
-    return torch.cat(out)

@@ -21,9 +21,19 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from gradmm.core.admm import Layout, Problem, initialise
 from gradmm.core.dp import MECHANISMS, RELATIONS, clip_target, noisy_target
-from gradmm.core.matching import GRAM_DTYPE, Target, head_logits, match_loss
+from gradmm.core.matching import (
+    GRAM_DTYPE,
+    Target,
+    class_targets,
+    head_logits,
+    match_loss,
+)
 from gradmm.core.models import last_hidden
+from gradmm.core.projection import allowed_token_mask
+from gradmm.core.scoring import prompt_ids
+from gradmm.methods.generate import decoding_prefix_ids, sequence_length
 
 
 def label_row_snr(noisy: Target) -> float:
@@ -134,12 +144,6 @@ def measure(model, tokenizer, task, gen, dp, epsilons: Sequence[float], draws: i
     kinds: "random" = GRADMM's initial batch (best of gen.init_candidates random batches by f against the
     clipped clean target); "lm" = embeddings of LM samples under the class instruction, in the template.
     """
-    from gradmm.core.admm import Layout, Problem, initialise
-    from gradmm.methods.generate import decoding_prefix_ids, sequence_length
-    from gradmm.core.matching import class_targets
-    from gradmm.core.projection import allowed_token_mask
-    from gradmm.core.scoring import prompt_ids
-
     check_settings(epsilons, draws, dp.mechanism, dp.relation, dp.delta, dp.clip_norm)
     for kind in kinds:
         if kind not in ("random", "lm"):
@@ -178,19 +182,3 @@ COLUMNS = ["dataset", "class", "x", "epsilon", "sigma", "draws", "batches", "who
            "cos_mean", "cos_min", "cos_max", "clip_cos"]
 
 
-def markdown(rows: list[dict]) -> str:
-    """The table of `measure`'s rows, with a caption that says what each column is."""
-    from gradmm.reporting.classification import _markdown
-
-    caption = ("DP fidelity: does the X-step still follow the class target under the DP noise? σ: the noise's "
-               "per-coordinate std; whole SNR: ‖clean clipped target‖ / ‖noise‖ over the whole V×d (+V) "
-               "gradient; label-row SNR: the same on row y (and bias entry y), the part the matched gradient "
-               "reads most; X-step cos: cosine between ∂f/∂X under the noisy and under the clean clipped target "
-               "at the same X (free positions), mean (min–max) over noise draws × batches; clip cos: the same "
-               "between the clipped and the unclipped clean target (clipping alone). X: random = GRADMM's "
-               "initial batch, lm = the LM's samples under the class instruction.")
-    header = ["dataset", "class", "X", "ε", "σ", "whole SNR", "label-row SNR", "X-step cos", "clip cos"]
-    body = [[r["dataset"], r["class"], r["x"], f"{r['epsilon']:g}", f"{r['sigma']:.3g}", f"{r['whole_snr']:.2g}",
-             f"{r['label_row_snr']:.3g}", f"{r['cos_mean']:.3f} ({r['cos_min']:.3f}–{r['cos_max']:.3f})",
-             f"{r['clip_cos']:.3f}"] for r in rows]
-    return f"## DP fidelity\n\n{caption}\n\n{_markdown(header, body)}\n"

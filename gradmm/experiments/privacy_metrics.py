@@ -18,10 +18,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from sklearn.metrics import roc_auc_score, roc_curve
 from tqdm.auto import tqdm
 
 from gradmm.core.data import Example, Template
+from gradmm.core.perplexity import log_perplexity
+from gradmm.core.scoring import first_label_ids
 from gradmm.experiments.diversity import check_n, check_texts, ngram_set, ngrams
+from gradmm.methods.features import minilm_embeddings
+from gradmm.methods.finetune import label_logits
 
 
 # --------------------------------------------------------------------------------------------------
@@ -84,8 +89,6 @@ def nearest_neighbour_similarity(query_emb, ref_emb) -> np.ndarray:
 
 def nn_similarity_texts(texts: Sequence[str], reference: Sequence[str]) -> np.ndarray:
     """nearest_neighbour_similarity of all-MiniLM-L6-v2 sentence embeddings of the texts and the reference."""
-    from gradmm.methods.baselines import minilm_embeddings
-
     check_texts(texts)
     check_texts(reference, "reference")
     return nearest_neighbour_similarity(minilm_embeddings(list(texts)), minilm_embeddings(list(reference)))
@@ -99,8 +102,6 @@ def attack_metrics(member_scores, nonmember_scores) -> dict[str, float]:
     TPR@1%FPR is the largest TPR of any threshold whose FPR is ≤ 0.01 (no interpolation: a threshold the
     attacker could actually use). With fewer than 100 non-members that means FPR = 0.
     """
-    from sklearn.metrics import roc_auc_score, roc_curve
-
     m, nm = (np.asarray(s, dtype=float).ravel() for s in (member_scores, nonmember_scores))
     for name, s in (("member_scores", m), ("nonmember_scores", nm)):
         if s.size == 0 or not np.isfinite(s).all():
@@ -131,9 +132,6 @@ def reference_attack_scores(target_losses, reference_losses) -> np.ndarray:
 def per_example_losses(model, tokenizer, examples: Sequence[Example], template: Template, batch_size: int = 16,
                        progress: bool = False) -> np.ndarray:
     """(N,) cross-entropy over the label words' first tokens of each example: the fine-tuning loss, unreduced."""
-    from gradmm.methods.finetune import label_logits
-    from gradmm.core.scoring import first_label_ids
-
     check_n(batch_size, "batch_size")
     label_ids = first_label_ids(tokenizer, template)
     bad = sorted({ex.label for ex in examples if not 0 <= ex.label < len(label_ids)})
@@ -205,8 +203,6 @@ def candidate_log_perplexities(model, tokenizer, prefix: str, candidates: Sequen
                                batch_size: int = 16) -> torch.Tensor:
     """(K,) total NLL (nats) of each prefix + candidate minus the part shared by all: ranks as the full
     sequences' log-perplexity does (Carlini et al. 2019), whatever the tokeniser does at the boundary."""
-    from gradmm.core.projection import log_perplexity
-
     seqs = [tokenizer(prefix + c, add_special_tokens=False).input_ids for c in candidates]
     shared = 0  # tokens common to every candidate's sequence: the context, scored once
     while all(len(s) > shared and s[shared] == seqs[0][shared] for s in seqs):

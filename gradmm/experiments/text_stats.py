@@ -19,13 +19,22 @@ import random
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from gradmm.config import read_params
+from gradmm.core.perplexity import log_perplexity
+from gradmm.experiments.diversity import distinct_n, self_bleu
+from gradmm.experiments.privacy_metrics import (
+    leakage_vs_holdout,
+    nearest_neighbour_similarity,
+)
 from gradmm.io.records import read_jsonl
+from gradmm.methods import registry
+from gradmm.methods.features import minilm_embeddings
+from gradmm.methods.prompts import instruction, instruction_ids
+from gradmm.methods.registry import ordered_methods
 
-REAL_SUBSETS = ("random_real", "herding", "kcenter")  # one training set per fine-tuning seed: trainset-n<N>-s<S>
 NO_TEXTS = ("zero_shot",)  # no training set
 REFERENCES = ["real_pool", "real_holdout"]
 
@@ -34,13 +43,11 @@ def training_sets(study_dir, dataset: str, n_per_class: int, methods=None, gener
                   seed: int = 0) -> dict[str, list[dict]]:
     """{method: rows} of every method (or of `methods`) with a training set in study_dir/dataset, in the report's
     method order; methods without the file, and zero_shot, are skipped."""
-    from gradmm.reporting.classification import ordered_methods
-
     folder = Path(study_dir) / dataset
     names = methods if methods is not None else [p.name for p in folder.glob("*") if p.is_dir()]
     out = {}
     for m in ordered_methods(n for n in names if n not in NO_TEXTS):
-        path = folder / m / (f"trainset-n{n_per_class}-s{seed}.jsonl" if m in REAL_SUBSETS
+        path = folder / m / (f"trainset-n{n_per_class}-s{seed}.jsonl" if registry.get(m).per_seed_set
                              else f"trainset-n{n_per_class}-g{generation_seed}.jsonl")
         rows = read_jsonl(path) if path.is_file() else []
         if rows:
@@ -59,8 +66,6 @@ def _with_references(task, sets: dict) -> dict[str, list[dict]]:
 @torch.no_grad()
 def _log_ppl(model, ids: list[list[int]], prefix: list[int] | None, pad: int, batch_size: int, bar) -> list[float]:
     """Mean NLL of each id list (right-padded batches of similar length); nan where no token is scored."""
-    from gradmm.core.projection import log_perplexity
-
     out = [math.nan] * len(ids)
     order = sorted((i for i in range(len(ids)) if ids[i]), key=lambda i: len(ids[i]))
     for b in range(0, len(order), batch_size):
@@ -82,10 +87,8 @@ def perplexity_rows(model, tokenizer, task, sets: dict[str, list[dict]], model_n
     Unconditioned, the text follows the model's BOS token when it has one; without a BOS its first token has no
     context and is not scored (a one-token text then gives nan; an empty text always does). conditioned=True adds
     log_perplexity_conditioned: the NLL given the class instruction prefix that LM generation decodes after
-    (gradmm.methods.baselines.instruction_ids), i.e. how natural the text is as an answer for its label.
+    (gradmm.methods.prompts.instruction_ids), i.e. how natural the text is as an answer for its label.
     """
-    from gradmm.methods.baselines import instruction, instruction_ids
-
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     rows = []
     for method, part in _with_references(task, sets).items():
@@ -106,13 +109,6 @@ def perplexity_rows(model, tokenizer, task, sets: dict[str, list[dict]], model_n
     return rows
 
 
-def perplexity_summary(df: pd.DataFrame) -> pd.DataFrame:
-    """n, mean, median and std (ddof=1) of each log-perplexity column per (dataset, model, method)."""
-    cols = [c for c in ("log_perplexity", "log_perplexity_conditioned") if c in df]
-    g = df.groupby(["dataset", "model", "method"], sort=False)
-    parts = {f"{c.replace('log_perplexity', 'logppl')}_{s}": g[c].agg(s)
-             for c in cols for s in ("mean", "median", "std")}
-    return pd.DataFrame({"n": g.size(), **parts}).reset_index()
 
 
 def leakage_rows(task, sets: dict[str, list[dict]], holdout_size: int | None = None, seed: int = 0,
@@ -120,9 +116,6 @@ def leakage_rows(task, sets: dict[str, list[dict]], holdout_size: int | None = N
     """Per method: gradmm.experiments.privacy_metrics.leakage_vs_holdout of its texts against the pool, the holdout being a seeded
     random sample of task.dev of the set's size (or holdout_size; at most all of dev), and the MiniLM cosine
     similarity of each text to its nearest pool text, mean and 95th percentile, for the set and the holdout."""
-    from gradmm.methods.baselines import minilm_embeddings
-    from gradmm.experiments.privacy_metrics import leakage_vs_holdout, nearest_neighbour_similarity
-
     pool = [ex.text for ex in task.pool]
     pool_emb = minilm_embeddings(pool)  # once for every method
     rows = []
@@ -144,8 +137,6 @@ def diversity_rows(sets: dict[str, list[dict]], dataset: str | None = None, max_
     """Per method: distinct-1, distinct-2 and self-BLEU (on a seeded sample of max_texts texts: it is quadratic;
     nan for a single text). Both depend on the set's size: compare sets of one budget. `dataset` (task.name)
     is the key write_text_report joins these rows to leakage_rows' on."""
-    from gradmm.experiments.diversity import distinct_n, self_bleu
-
     rows = []
     for method, part in sets.items():
         texts = [r["text"] for r in part]
@@ -156,87 +147,18 @@ def diversity_rows(sets: dict[str, list[dict]], dataset: str | None = None, max_
     return rows
 
 
-def _order(methods) -> list[str]:
-    from gradmm.reporting.classification import ordered_methods
-
-    present = list(dict.fromkeys(methods))
-    return [m for m in REFERENCES if m in present] + ordered_methods(m for m in present if m not in REFERENCES)
 
 
-def plot_perplexity(df: pd.DataFrame, path_png):
-    """Boxen plots of the log-perplexity per method, one panel per (dataset, model), hue = the prefix."""
-    import seaborn as sns
-    from matplotlib.figure import Figure
-
-    value_vars = [c for c in ("log_perplexity", "log_perplexity_conditioned") if c in df]
-    long = df.melt(id_vars=["dataset", "model", "method"], value_vars=value_vars, var_name="prefix").dropna()
-    long["prefix"] = long["prefix"].map({"log_perplexity": "none (BOS)", "log_perplexity_conditioned": "instruction"})
-    panels = list(dict.fromkeys(zip(df["dataset"], df["model"])))
-    order = _order(df["method"])
-    fig = Figure(figsize=(7, (0.45 * len(order) + 1.5) * len(panels)))
-    for ax, (d, m) in zip(fig.subplots(len(panels), 1, squeeze=False)[:, 0], panels):
-        sns.boxenplot(long[(long.dataset == d) & (long.model == m)], x="value", y="method", hue="prefix",
-                      order=order, ax=ax)
-        ax.set(title=f"{d}: {m}", xlabel="log-perplexity (mean token NLL, nats)", ylabel="")
-    fig.tight_layout()
-    return _save(fig, path_png)
 
 
-def plot_privacy(df: pd.DataFrame, path_png):
-    """Per dataset: n-gram overlap with the pool and nearest-pool-text similarity, the set beside a real holdout."""
-    import seaborn as sns
-    from matplotlib.figure import Figure
-
-    ngram = [c for c in df if c.startswith("ngram") and c.endswith("_synthetic")]
-    datasets, order = list(dict.fromkeys(df["dataset"])), _order(df["method"])
-    fig = Figure(figsize=(12, (0.45 * len(order) + 1.5) * len(datasets)))
-    axes = fig.subplots(len(datasets), 2, squeeze=False)
-    for (a1, a2), d in zip(axes, datasets):
-        sub = df[df.dataset == d]
-        panels = ((a1, [c for g in ngram for c in (g, g.replace("_synthetic", "_holdout"))],
-                   "share of word n-grams found in the pool"),
-                  (a2, ["nn_sim_mean_synthetic", "nn_sim_mean_holdout"],
-                   "mean cosine similarity to the nearest pool text (MiniLM)"))
-        for ax, cols, xlabel in panels:
-            long = sub.melt(id_vars="method", value_vars=cols, var_name="measure")
-            sns.barplot(long, x="value", y="method", hue="measure", order=order, ax=ax)
-            ax.set(title=d, xlabel=xlabel, ylabel="", xlim=(0, 1))
-            ax.legend(fontsize=7)
-    fig.tight_layout()
-    return _save(fig, path_png)
 
 
-def _save(fig, path_png):
-    Path(path_png).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path_png, dpi=120, bbox_inches="tight")  # a Figure without pyplot: the Agg canvas
-    return fig
 
 
-def write_text_report(perplexity: list[dict], leakage: list[dict], diversity: list[dict],
-                      reports_dir="reports") -> dict:
-    """tables/perplexity.csv (summary), tables/perplexity_texts.csv (one row per text), tables/privacy.csv
-    (leakage + diversity, one row per dataset and method), figures/perplexity.png and figures/privacy.png.
-    Returns the three tables as DataFrames (perplexity = the summary)."""
-    tables, figures = Path(reports_dir) / "tables", Path(reports_dir) / "figures"
-    tables.mkdir(parents=True, exist_ok=True)
-    texts = pd.DataFrame(perplexity)
-    summ = perplexity_summary(texts)
-    privacy = pd.DataFrame(leakage).merge(pd.DataFrame(diversity), on=["dataset", "method"], how="outer")
-    rank = {m: i for i, m in enumerate(_order(privacy["method"]))}  # an outer merge sorts the keys: the report's order
-    privacy = privacy.sort_values(["dataset", "method"], key=lambda c: c.map(rank) if c.name == "method" else c,
-                                  kind="stable").reset_index(drop=True)
-    texts.to_csv(tables / "perplexity_texts.csv", index=False, lineterminator="\n")
-    summ.round(4).to_csv(tables / "perplexity.csv", index=False, lineterminator="\n")
-    privacy.round(4).to_csv(tables / "privacy.csv", index=False, lineterminator="\n")
-    plot_perplexity(texts, figures / "perplexity.png")
-    plot_privacy(privacy, figures / "privacy.png")
-    return {"perplexity": summ, "perplexity_texts": texts, "privacy": privacy}
 
 
 def settings_from_params(params_file, datasets=None, n_per_class=None, model=None) -> tuple[list[str], int, str]:
     """The notebook's None parameters from params.yaml: study.datasets, the first study budget, model.name."""
-    from gradmm.config import read_params
-
     params = read_params(params_file) if Path(params_file).is_file() else {}
     study = params.get("study") or {}
     datasets = datasets or study.get("datasets")

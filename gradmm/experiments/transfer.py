@@ -1,4 +1,4 @@
-"""Transfer (issue 7): training sets written with one LM fine-tune other models.
+"""The transfer study: training sets written with one LM fine-tune other models.
 
 The source sets are the variants study's (`studies/variants/<dataset>/<method>/trainset-n<N>-g<G>.jsonl`, written by
 the study's model, SmolLM2 by default). Each target then learns from them at the same budget, beside its own
@@ -17,41 +17,40 @@ import hashlib
 import json
 import logging
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
+from sklearn.linear_model import LogisticRegression
 
+from gradmm.config import (
+    PROBE,
+    ExperimentConfig,
+    FinetuneConfig,
+    ModelConfig,
+    TransferConfig,
+    as_dict,
+    build,
+    load_config,
+)
+from gradmm.core.models import check_model_name, load_model
+from gradmm.core.scoring import prediction_shares
 from gradmm.io.records import read_json, read_text_rows, write_json
+from gradmm.io.worksharing import claimed_run_dir
+from gradmm.methods import registry
+from gradmm.methods.features import minilm_embeddings
+from gradmm.methods.finetune import check_config
+from gradmm.methods.generate import task_fingerprint
+from gradmm.methods.trainsets import evaluate_method, make_trainset
 
 log = logging.getLogger(__name__)
 
-PROBE = "minilm"  # the non-causal target
-IN_CONTEXT = ("zero_shot", "few_shot")
-REAL = ("random_real", "herding", "kcenter", "full_real")
-
-
-@dataclass
-class TransferConfig:
-    datasets: list[str] = field(default_factory=lambda: ["rtpolarity"])
-    targets: list[str] = field(default_factory=lambda: ["gemma3-270m", PROBE])
-    n_per_class: int = 10  # the study budget whose sets are transferred
-    methods: list[str] = field(default_factory=lambda: ["zero_shot", "random_real", "llm_zero_shot_gen", "gradmm"])
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    generation_seed: int = 0  # which generated set of the study
-    finetune: dict = field(default_factory=dict)  # finetune.* overrides for causal targets (e.g. the LR grid)
-    probe_c: list[float] = field(default_factory=lambda: [0.1, 1.0, 10.0])  # the probe's C grid, picked on dev
+IN_CONTEXT = tuple(registry.names("in_context"))
+REAL = tuple(registry.names("real"))
 
 
 def check_transfer(cfg: TransferConfig) -> None:
-    from gradmm.methods.trainsets import GENERATORS
-    from gradmm.methods.finetune import FinetuneConfig
-    from gradmm.core.models import check_model_name
-    from gradmm.experiments.variants import LM_GENERATED
-
-    allowed = list(IN_CONTEXT) + list(REAL) + list(LM_GENERATED) + list(GENERATORS)
+    allowed = registry.names(filtered=True)
     bad = [m for m in cfg.methods if m not in allowed]
     if bad:
         raise ValueError(f"transfer.methods {bad} unknown: use any of {allowed}")
@@ -70,10 +69,6 @@ def check_transfer(cfg: TransferConfig) -> None:
 def settings(params_file, overrides=(), **chosen):
     """(TransferConfig, ModelConfig, FinetuneConfig) from the params file; `chosen` (e.g. the notebook's
     parameters) replaces transfer keys where not None."""
-    from gradmm.config import as_dict, build, load_config
-    from gradmm.methods.finetune import FinetuneConfig, check_config
-    from gradmm.core.models import ModelConfig
-
     cfg = load_config(TransferConfig, "transfer", params_file, overrides)
     cfg = build(TransferConfig, {**as_dict(cfg), **{k: v for k, v in chosen.items() if v is not None}}, "transfer")
     check_transfer(cfg)
@@ -94,10 +89,8 @@ def source_set(study_cell: Path, n_per_class: int, generation_seed: int) -> tupl
 
 def real_set(method: str, task, n_per_class: int, seed: int) -> list[dict]:
     """A real subset of the pool, built as the classification experiment builds it (MiniLM coresets)."""
-    from gradmm.methods.trainsets import ExperimentConfig, baseline_trainset
-
     cfg = ExperimentConfig(n_per_class=n_per_class, coreset_features="minilm")  # model-free: no target features
-    return baseline_trainset(method, None, None, task, cfg, seed, progress=False)[0]
+    return make_trainset(method, None, None, task, cfg, seed, progress=False)[0]
 
 
 def _minilm_cached(texts) -> np.ndarray:
@@ -106,16 +99,11 @@ def _minilm_cached(texts) -> np.ndarray:
 
 @functools.lru_cache(maxsize=8)  # dev and test of a task are embedded once per process, not once per run
 def _minilm_tuple(texts: tuple) -> np.ndarray:
-    from gradmm.methods.baselines import minilm_embeddings
-
     return minilm_embeddings(list(texts)).numpy()
 
 
 def probe_result(train: list[dict], task, c_grid, embed=None) -> dict:
     """Frozen MiniLM + logistic regression: C picked on dev, accuracy on test. `embed(texts)` → (N, d) array."""
-    from sklearn.linear_model import LogisticRegression
-
-    from gradmm.core.scoring import prediction_shares
 
     if not train:  # nothing to fit: no accuracy (reported as an empty set, as gradmm.methods.trainsets does)
         return {"test_accuracy": None, "dev_accuracy": None, "best_c": None, "dev_accuracies": {},
@@ -160,12 +148,6 @@ def run_target(task, target: str, cfg: TransferConfig, study_dir: Path, model_cf
 def run_cell(task, target: str, method: str, cfg: TransferConfig, study_dir: Path, model_cfg, ft_cfg,
              out: Path, progress: bool = True, loaded: dict | None = None) -> list[dict]:
     """Run (or resume) one dataset × target × method cell; returns its results. `loaded` caches the model."""
-    from gradmm.config import as_dict
-    from gradmm.methods.trainsets import evaluate_method
-    from gradmm.methods.generate import task_fingerprint
-    from gradmm.io.worksharing import claimed_run_dir
-    from gradmm.core.models import load_model
-
     check_transfer(cfg)
     if target == PROBE and method in IN_CONTEXT:
         raise ValueError(f"{method} is in-context learning: the {PROBE} probe has no prompt, use another method")
@@ -204,129 +186,17 @@ def run_cell(task, target: str, method: str, cfg: TransferConfig, study_dir: Pat
         return results
 
 
-def _row(r: dict) -> dict:
-    """A result JSON as one row of transfer.csv."""
-    shares = r.get("test_prediction_shares") or [float("nan")]
-    return ({k: r.get(k) for k in ("dataset", "source", "target", "method", "n_per_class", "seed", "dev_accuracy",
-                                   "n_train", "wall_seconds")}
-            | {"accuracy": r["test_accuracy"], "majority_share": max(shares),
-               "empty_trainset": bool(r.get("empty_trainset"))})
 
 
-def collect(transfer_dir) -> pd.DataFrame:
-    """Every result under <transfer_dir>/<dataset>/<target>/<method>/ as one row."""
-    return pd.DataFrame([_row(read_json(f))
-                         for f in sorted(Path(transfer_dir).glob("*/*/*/result-s*.json"))])
 
 
-def source_rows(study_dir, cfg: TransferConfig) -> pd.DataFrame:
-    """The source model trained on the same sets: the study's own results at this budget and these seeds,
-    in collect()'s columns (target = the study's model, source = "study"), for the by-target comparison."""
-    rows = []
-    for d in cfg.datasets:
-        for m in cfg.methods:
-            for s in cfg.seeds:
-                f = Path(study_dir) / d / m / f"result-n{cfg.n_per_class}-g{cfg.generation_seed}-s{s}.json"
-                if not f.is_file():
-                    continue
-                r = read_json(f)
-                rows.append(_row({**r, "dataset": d, "source": "study", "target": r["model"], "method": m,
-                                  "n_per_class": cfg.n_per_class, "seed": s}))
-    return pd.DataFrame(rows)
 
 
-def by_target(summ: pd.DataFrame) -> list[str]:
-    """One markdown table per dataset: methods down, targets across (test mean ± std), so a method's rank
-    can be followed from one model to the next."""
-    from gradmm.reporting.classification import format_accuracy, ordered_methods
-
-    lines = []
-    for d, part in summ.groupby("dataset", sort=True):
-        targets = list(dict.fromkeys(part.target))
-        lines += [f"### {d}", "", "| method | " + " | ".join(targets) + " |", "|---|" + "---|" * len(targets)]
-        for m in ordered_methods(part.method.unique()):
-            cells = {r.target: format_accuracy(r.mean, r.std, r.empty_runs, r.runs)
-                     for r in part[part.method == m].itertuples()}
-            lines.append(f"| {m} | " + " | ".join(cells.get(t, "") for t in targets) + " |")
-        lines.append("")
-    return lines
 
 
-def summary(df: pd.DataFrame) -> pd.DataFrame:
-    from gradmm.reporting.classification import ordered_methods
-
-    df = df.assign(empty_trainset=df["empty_trainset"] if "empty_trainset" in df else False)  # older frames
-    g = df.groupby(["dataset", "target", "n_per_class", "method"])
-    out = g.agg(runs=("accuracy", "size"), mean=("accuracy", "mean"), std=("accuracy", "std"),
-                empty_runs=("empty_trainset", "sum"),
-                dev_mean=("dev_accuracy", "mean"), majority_share=("majority_share", "mean"),
-                wall_seconds=("wall_seconds", "mean")).reset_index()
-    rank = {m: i for i, m in enumerate(ordered_methods(out.method.unique()))}
-    return out.sort_values(["dataset", "target", "method"], key=lambda c: c.map(rank) if c.name == "method" else c)
 
 
-def markdown(summ: pd.DataFrame) -> str:
-    from gradmm.reporting.classification import format_accuracy, format_number
-
-    lines = ["# Transfer: test accuracy (%) of each target model at equal budget", "",
-             "Generated sets come from the study's model (column `source` of transfer.csv); real subsets and "
-             "in-context methods belong to the target. `majority` = share of test predictions in the most "
-             "predicted class (%). The MiniLM probe is deterministic: a fixed set gets one run.", "",
-             "| dataset | target | n | method | runs | test mean ± std | dev mean | majority |",
-             "|---|---|---|---|---|---|---|---|"]
-    for r in summ.itertuples():
-        dev = "" if r.dev_mean != r.dev_mean else f"{100 * r.dev_mean:.1f}"
-        lines.append(f"| {r.dataset} | {r.target} | {r.n_per_class} | {r.method} | {r.runs} | "
-                     f"{format_accuracy(r.mean, r.std, r.empty_runs, r.runs)} | {dev} | "
-                     f"{format_number(100 * r.majority_share, '.0f')} |")
-    lines += ["", "## By target", "",
-              "Test mean ± std. A column marked with the study's model (source `study` in transfer.csv) is the source "
-              "model fine-tuned on the same sets in the variants study (same seeds); blank: not run for that target.",
-              ""] + by_target(summ)
-    return "\n".join(lines).rstrip() + "\n"
 
 
-def plot(df: pd.DataFrame, path_png):
-    """Test accuracy per method (mean, ± sd bars, every run as a dot): a row of panels per dataset, a column per
-    target."""
-    import seaborn as sns
-    from matplotlib.figure import Figure
-
-    from gradmm.reporting.classification import fixed_jitter, ordered_methods
-
-    datasets, targets = list(dict.fromkeys(df.dataset)), list(dict.fromkeys(df.target))
-    order = ordered_methods(df.method.unique())
-    fig = Figure(figsize=(4.5 * len(targets), (0.35 * len(order) + 1.2) * len(datasets)))
-    axes = fig.subplots(len(datasets), len(targets), squeeze=False, sharey=True)
-    for (i, d), (j, t) in ((a, b) for a in enumerate(datasets) for b in enumerate(targets)):
-        ax = axes[i][j]
-        part = df[(df.dataset == d) & (df.target == t)].assign(accuracy=lambda x: 100 * x.accuracy)
-        if part.empty:
-            ax.set_axis_off()
-            continue
-        sns.barplot(part, x="accuracy", y="method", order=order, errorbar="sd", ax=ax, color="#9ecae1")
-        with fixed_jitter():
-            sns.stripplot(part, x="accuracy", y="method", order=order, ax=ax, color="k", size=3)
-        ax.set(title=f"{d} → {t}", xlabel="test accuracy (%)", ylabel="", xlim=(0, 100))
-    fig.tight_layout()
-    Path(path_png).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path_png, dpi=120, bbox_inches="tight")
-    return fig
 
 
-def write_report(transfer_dir, reports_dir="reports", study_dir=None, cfg: TransferConfig | None = None,
-                 name: str = "transfer") -> pd.DataFrame:
-    """tables/<name>.csv (every run), tables/<name>.md (summary) and figures/<name>.png. With study_dir and cfg,
-    the source model's own results on the same sets join as one more target."""
-    df = collect(transfer_dir)
-    if df.empty:
-        raise FileNotFoundError(f"no transfer results under {transfer_dir}: run `gradmm transfer` first")
-    if study_dir is not None and cfg is not None:
-        src = source_rows(study_dir, cfg)
-        df = pd.concat([src, df], ignore_index=True) if len(src) else df
-    tables = Path(reports_dir) / "tables"
-    tables.mkdir(parents=True, exist_ok=True)
-    df.to_csv(tables / f"{name}.csv", index=False, lineterminator="\n")
-    (tables / f"{name}.md").write_text(markdown(summary(df)))
-    plot(df, Path(reports_dir) / "figures" / f"{name}.png")
-    return df

@@ -3,7 +3,7 @@
 import os
 from pathlib import Path
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]  # gradmm/io/paths.py -> the repository
 REPORTS_DIR = PROJECT_ROOT / "reports"
 TABLES_DIR = REPORTS_DIR / "tables"
 FIGURES_DIR = REPORTS_DIR / "figures"
@@ -27,3 +27,15 @@ def data_dir(explicit: str | os.PathLike | None = None) -> Path | None:
     if os.environ.get("GRADMM_DATA_DIR"):
         return Path(os.environ["GRADMM_DATA_DIR"])
     return SHARED_DATA_DIR if SHARED_DATA_DIR.is_dir() else None
+
+
+def project_root(start: str | Path | None = None) -> Path:
+    """The folder holding params.yaml: the start folder (default: the current one) or one above it.
+
+    The DVC stage runs the notebook from the project root; Jupyter runs it from notebooks/.
+    """
+    start = Path(start or Path.cwd()).resolve()
+    for folder in (start, *start.parents):
+        if (folder / "params.yaml").is_file():
+            return folder
+    return start

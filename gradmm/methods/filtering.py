@@ -1,4 +1,4 @@
-"""`gradmm filter`: from raw synthetic texts to the training set (spec 5).
+"""`gradmm filter`: from raw synthetic texts to the training set (the authors' post-processing of the raw samples).
 
 1. clean-up and de-duplication (empty texts and repeats out);
 2. label consistency: the same LM classifies each text in context; texts it labels otherwise are dropped;
@@ -9,7 +9,7 @@ A class left with fewer than n_per_class texts is reported (a warning, and `shor
 empty (a class with no label-consistent text empties every class once balanced) is reported as `empty`, and
 fine-tuning then records no accuracy for it (gradmm.methods.trainsets.evaluate_method).
 
-Where this differs from the authors' code (spec 5, 14) and why:
+Where this differs from the authors' filtering code and why:
 - the per-sample match loss is the one computed at generation time against the *same* target the texts were
   generated for (the authors recompute it from 20 real examples, and without DP noise even in DP runs);
 - in DP runs the label filter uses no real demonstrations (the pool is private): zero-shot instead of few-shot;
@@ -19,28 +19,21 @@ Where this differs from the authors' code (spec 5, 14) and why:
 """
 
 import logging
-from dataclasses import dataclass
 
-from gradmm.core.data import Example, Task, TEMPLATES, Template, deduplicate
+from sklearn.linear_model import LogisticRegression
+
+from gradmm.config import FilterConfig
+from gradmm.core.data import TEMPLATES, Example, Task, Template, deduplicate
+from gradmm.core.matching import class_targets, cosine_distance_to_target
+from gradmm.core.perplexity import log_perplexity
 from gradmm.core.scoring import first_label_ids, predict, sample_demos
+from gradmm.methods.features import minilm_embeddings
+from gradmm.methods.prompts import instruction, instruction_ids
 
 log = logging.getLogger(__name__)
 
 
 CLASSIFIERS = ("lm", "pool_logreg", "both")
-
-
-@dataclass
-class FilterConfig:
-    n_per_class: int = 10  # the budget: texts per class in the final training set
-    label_filter: bool = True  # drop texts the LM classifies as another class
-    label_template: str = "review"  # template the filter classifies with ("" = the task's own; "review" is binary)
-    label_shots: int = 4  # demonstrations per class from the pool (forced to 0 in DP runs)
-    classifier: str = "lm"  # who checks labels: lm (in context, the paper) | pool_logreg | both (issue 9 f)
-    rank: str = "score"  # score = match_loss + alpha·log_perplexity | none (generation order)
-    alpha: float = 0.0  # weight of log-perplexity in the score (the authors try 0 and 0.05)
-    balance: bool = True  # cut every class to the same count
-    seed: int = 0  # choice of the label filter's demonstrations
 
 
 def check_config(cfg: FilterConfig) -> None:
@@ -118,10 +111,7 @@ def filter_rows(model, tokenizer, task: Task, rows: list[dict], cfg: FilterConfi
 
 def pool_classifier_predictions(task: Task, texts: list[str]) -> tuple[list[int], float]:
     """Labels of texts by a logistic regression on MiniLM sentence embeddings fitted to the pool, and that
-    classifier's accuracy on the dev split (a label checker that is itself checked; issue 9 f)."""
-    from sklearn.linear_model import LogisticRegression
-
-    from gradmm.methods.baselines import minilm_embeddings
+    classifier's accuracy on the dev split (a label checker that is itself checked; a variant of the study)."""
 
     clf = LogisticRegression(max_iter=2000).fit(minilm_embeddings([ex.text for ex in task.pool]).numpy(),
                                                 [ex.label for ex in task.pool])
@@ -132,10 +122,6 @@ def pool_classifier_predictions(task: Task, texts: list[str]) -> tuple[list[int]
 def score_rows(model, tokenizer, task: Task, rows: list[dict]) -> list[dict]:
     """Add the per-sample match loss (against the clean class target) and the log-perplexity (given the
     class instruction) to rows that lack them: LM-generated baselines then go through the same ranking."""
-    from gradmm.methods.baselines import instruction_ids, instruction
-    from gradmm.core.matching import class_targets, cosine_distance_to_target
-    from gradmm.core.projection import log_perplexity
-
     targets = class_targets(model, tokenizer, task.pool, task.template)
     out = [dict(r) for r in rows]
     for c in range(task.n_classes):

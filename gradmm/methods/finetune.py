@@ -1,6 +1,6 @@
 """Fine-tune a causal LM on labelled texts with the prompt-based classification loss; select the LR on dev.
 
-Protocol (spec section 7, scaled down): every run starts from a fresh copy of the base model, trains it with
+Protocol (the authors' addax/ code, scaled down): every run starts from a fresh copy of the base model, trains it with
 AdamW on `scoring.template_prompt(text)` (the text cut to the task's max_text_tokens) -> cross-entropy over
 the logits of the C label words (one token each: `scoring.first_label_ids`) at the last position, and is
 evaluated by `scoring.predict`. The learning rate is chosen on the DEV split only
@@ -12,8 +12,8 @@ Differences from the authors' script (`addax/run.py`, HF Trainer), and why:
   " negative" with SmolLM2) that is exactly our loss: softmax over the candidates' log-probabilities equals
   softmax over their raw logits (the log-partition cancels). Label words of several tokens are refused
   (`first_label_ids`): a first-token loss would train another quantity than the one scoring averages.
-* Model selection: the authors pick the best of 4 checkpoints and the best LR by *test* accuracy (spec 14,
-  item 19). We keep the final model of each run and pick the LR by dev accuracy.
+* Model selection: the authors pick the best of 4 checkpoints and the best LR by *test* accuracy (eval set =
+  test set: optimistic numbers). We keep the final model of each run and pick the LR by dev accuracy.
 * Steps / batch / LRs: 200 steps of batch 16 with LR {7e-6, 1e-5, 1.5e-5} for Phi-1.5 (1.4B). A 135M model
   needs larger LRs and 2 CPU cores afford fewer steps: 20 steps of batch 8 (the feasibility protocol,
   ~8 epochs over 10 texts per class), LR grid {2e-5, 5e-5, 1e-4}.
@@ -27,32 +27,25 @@ import logging
 import time
 import warnings
 from collections import Counter
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from gradmm.config import FinetuneConfig
 from gradmm.core.data import Example, Template
 from gradmm.core.models import last_hidden, output_head
-from gradmm.core.scoring import pad_left, accuracy, first_label_ids, predict, prediction_shares, prompt_ids, template_prompt
+from gradmm.core.scoring import (
+    accuracy,
+    first_label_ids,
+    pad_left,
+    predict,
+    prediction_shares,
+    prompt_ids,
+    template_prompt,
+)
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class FinetuneConfig:
-    learning_rates: list[float] = field(default_factory=lambda: [2e-5, 5e-5, 1e-4])  # grid; best on dev
-    steps: int = 20  # optimiser steps per run (feasibility: 20 steps of 8 ≈ 8 epochs over 20 texts)
-    batch_size: int = 8  # capped at the training-set size (a batch never holds the same text twice)
-    weight_decay: float = 0.0  # HF Trainer default, as in the authors' script
-    max_grad_norm: float = 1.0  # HF Trainer default clipping; 0 disables
-    schedule: str = "linear"  # linear (decay to 0, no warm-up: HF default) | constant
-    eval_batch_size: int = 32  # scoring batch for dev/test
-    lora: bool = False  # LoRA adapters (peft) instead of full fine-tuning: for large models on a GPU
-    lora_r: int = 8
-    lora_alpha: int = 16
-    lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])  # Llama/Phi names
 
 
 def check_config(cfg: FinetuneConfig) -> None:

@@ -9,36 +9,31 @@ import hashlib
 import json
 import logging
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
-
-from gradmm.core.admm import GenerateConfig, JointProblem, Layout, Problem, check_config, run_batch
-from gradmm.config import as_dict, config_hash
-from gradmm.core.data import DEFAULT_MAX_TEXT_TOKENS, TEMPLATES, DataConfig, Task, default_wording, load_task
+from gradmm.config import (
+    DEFAULT_MAX_TEXT_TOKENS,
+    DataConfig,
+    DPConfig,
+    GenerateConfig,
+    ModelConfig,
+    as_dict,
+    config_hash,
+)
+from gradmm.core.admm import JointProblem, Layout, Problem, check_config, run_batch
+from gradmm.core.data import TEMPLATES, Task, default_wording, load_task
 from gradmm.core.dp import MECHANISMS, noise_generator, noisy_target
 from gradmm.core.matching import Target, class_targets, joint_target
-from gradmm.core.scoring import first_label_ids, prompt_ids, template_prompt
-from gradmm.core.models import ModelConfig, load_model, load_tokenizer
+from gradmm.core.models import load_model, load_tokenizer
 from gradmm.core.projection import allowed_token_mask
+from gradmm.core.scoring import first_label_ids, prompt_ids, template_prompt
 from gradmm.io.records import write_json, write_jsonl
 from gradmm.io.tensorfiles import load_tensors, save_tensors
 from gradmm.io.worksharing import check_claim, claimed_run_dir, file_lock, shared_loop
+from gradmm.methods.prompts import instruction, instruction_ids
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class DPConfig:
-    enabled: bool = False
-    epsilon: float = 0.05  # the paper's DP setting
-    delta: float = 1e-4
-    clip_norm: float = 1.0  # C: per-example gradient clipping (paper: 1.0)
-    mechanism: str = "analytic"  # analytic (Balle & Wang 2018) | classical | official (the authors' code)
-    relation: str = "zero_out"  # neighbouring datasets: zero_out (C/n, as the authors) | replace_one (2C/n)
-    # The noise comes from OS entropy. A fixed seed makes it reproducible and so NOT private (anyone with the
-    # config can regenerate and subtract it): for tests only.
-    noise_seed_not_private: int | None = None
 
 
 def check_dp(cfg: DPConfig, gen: GenerateConfig | None = None) -> None:
@@ -82,13 +77,12 @@ def decoding_prefix_ids(tokenizer, task: Task, label: int, gen: GenerateConfig) 
     baseline, so that gradmm_no_matching differs from it only by the top-k projection."""
     if gen.decoding_prefix == "none":
         return []
-    from gradmm.methods.baselines import instruction_ids, instruction
 
     return instruction_ids(tokenizer, task, instruction(task, label))
 
 
 def matching_task(task: Task, gen: GenerateConfig) -> Task:
-    """The task with the template whose gradient is matched (generate.template; issue 9 a)."""
+    """The task with the template whose gradient is matched (generate.template; the review-template variant)."""
     if not gen.template:
         return task
     if gen.template not in TEMPLATES:

@@ -11,19 +11,21 @@ the notebook's backend is, and nothing stays open between calls.
 """
 
 import contextlib
-import re
 import math
+import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import seaborn as sns
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
+from gradmm.experiments.classification import result_file
 from gradmm.io.records import read_json, read_jsonl
+from gradmm.methods import registry
+from gradmm.methods.registry import GENERATORS, method_rank, ordered_methods
 
-# The order of the paper's tables: no training data, real subsets, LM-generated, GRADMM and its ablations, all real.
-METHOD_ORDER = ["zero_shot", "few_shot", "random_real", "herding", "kcenter", "llm_zero_shot_gen", "llm_few_shot_gen",
-                "gradmm", "gradmm_no_filter", "gradmm_no_projection", "gradmm_no_matching", "gradmm_dp",
-                "gradmm_dp_no_filter", "full_real"]
 KEYS = ["dataset", "model", "method", "n_per_class"]  # one table cell: mean ± std over seeds
 TABLE_COLUMNS = KEYS + ["seed", "accuracy", "wall_seconds"]
 EXTRA_COLUMNS = ["dev_accuracy", "best_lr", "n_train", "finetuned", "empty_trainset", "result_file", "train_file"]
@@ -31,17 +33,8 @@ HISTORY_COLUMNS = ["class", "batch", "t", "f_X", "f_Z", "changed_fraction", "log
                    "grad_norm_penalty", "primal_residual"]
 
 
-def method_rank(method: str) -> tuple[float, str]:
-    """Sort key: the fixed order above; other GRADMM variants just before full_real; unknown names last."""
-    if method in METHOD_ORDER:
-        return METHOD_ORDER.index(method), method
-    if method.startswith("gradmm"):
-        return METHOD_ORDER.index("full_real") - 0.5, method
-    return len(METHOD_ORDER), method
 
 
-def ordered_methods(methods) -> list[str]:
-    return sorted(set(methods), key=method_rank)
 
 
 def _sorted(df: pd.DataFrame, extra: list[str] = ()) -> pd.DataFrame:
@@ -86,8 +79,6 @@ def collect_results(runs_dir: str | Path = "runs", datasets: list[str] | None = 
 def missing_results(runs_dir, datasets, methods, seeds, model: str | None = None,
                     n_per_class: list[int] = (10,)) -> list[tuple[str, str, int, int]]:
     """(dataset, method, n, seed) whose result file is absent or was made with another model or budget."""
-    from gradmm.methods.trainsets import result_file
-
     missing = []
     for d in datasets:
         for m in methods:
@@ -217,9 +208,6 @@ def _save(fig, path_png: str | Path):
 
 def plot_classification(df: pd.DataFrame, path_png: str | Path):
     """Bars: mean test accuracy per method, one hue per dataset, error bars = std over seeds; dots = seeds."""
-    import seaborn as sns
-    from matplotlib.figure import Figure
-
     data = df.assign(accuracy_pct=100 * df["accuracy"].astype(float))
     settings = list(dict.fromkeys(zip(data["model"], data["n_per_class"]))) or [(None, None)]
     width = max(6.0, 0.8 * data["method"].nunique() * max(1, data["dataset"].nunique()) + 2)
@@ -272,10 +260,6 @@ HEALTH_PANELS = [  # (title, columns drawn in it)
 
 def plot_generation_health(df: pd.DataFrame, path_png: str | Path, title: str | None = None):
     """Per outer iteration, mean over batches (band = std) per class: is the run matching and settling?"""
-    import seaborn as sns
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
-
     fig = Figure(figsize=(13, 6.5))
     axes = fig.subplots(2, 3).ravel()
     for ax, (name, cols) in zip(axes, HEALTH_PANELS):
@@ -300,8 +284,6 @@ def plot_generation_health(df: pd.DataFrame, path_png: str | Path, title: str | 
 # ------------------------------------------------------------------------------------ run directories
 def generator_of(method: str) -> str | None:
     """The GRADMM variant a method's texts come from (gradmm_no_filter -> gradmm), or None for baselines."""
-    from gradmm.methods.trainsets import GENERATORS
-
     base = method.removesuffix("_no_filter")
     return base if base in GENERATORS else None
 
@@ -315,7 +297,6 @@ def health_figure_path(figures_dir: str | Path, dataset: str, run_name: str) -> 
     return Path(figures_dir) / "generation" / f"{dataset}-{run_name}.png"
 
 
-GENERATED_BASELINES = ("llm_zero_shot_gen", "llm_few_shot_gen")  # LM-written texts, through the same label filter
 SUMMARY_COLUMNS = ["dataset", "generator", "seed", "class", "n_batches", "f_X_end", "f_Z", "f_Z_min", "f_Z_max",
                    "changed_at_end", "log_perplexity", "target_snr", "raw", "label_consistent"]
 
@@ -363,7 +344,7 @@ def generation_summary(runs_dir: str | Path, datasets: list[str]) -> pd.DataFram
                              "log_perplexity": cls["mean_log_perplexity"],
                              "target_snr": math.nan if cls.get("snr") is None else cls["snr"],  # DP runs only
                              **_filter_counts(stats, c)})
-        for method in GENERATED_BASELINES:
+        for method in registry.names("lm_text"):  # LM-written texts, through the same label filter
             seeds = sorted({int(m.group(1)) for p in (root / "trainsets").glob(f"{method}-n*-seed*.info.json")
                             if (m := re.search(r"-seed(\d+)\.info\.json$", p.name))})
             for seed in seeds:
@@ -415,93 +396,3 @@ def write_generation_summary(df: pd.DataFrame, path_csv: str | Path, path_md: st
     text = generation_summary_markdown(df, **kw)
     Path(path_md).write_text(text)
     return text
-
-
-# ------------------------------------------------------------------------------- notebook settings
-def project_root(start: str | Path | None = None) -> Path:
-    """The folder holding params.yaml: the start folder (default: the current one) or one above it.
-
-    The DVC stage runs the notebook from the project root; Jupyter runs it from notebooks/.
-    """
-    start = Path(start or Path.cwd()).resolve()
-    for folder in (start, *start.parents):
-        if (folder / "params.yaml").is_file():
-            return folder
-    return start
-
-
-def experiment_settings(params: dict, datasets=None, methods=None, seeds=None, model=None, n_per_class=None) -> dict:
-    """The notebook's settings: each one given (not None) wins, the rest come from params.yaml
-    (experiment.datasets/methods/seeds/n_per_class, model.name), as the DVC stages see them."""
-    exp, model_section = params.get("experiment") or {}, params.get("model") or {}
-    out = {"datasets": datasets if datasets is not None else exp.get("datasets"),
-           "methods": methods if methods is not None else exp.get("methods"),
-           "seeds": seeds if seeds is not None else exp.get("seeds"),
-           "model": model if model is not None else model_section.get("name"),
-           "n_per_class": n_per_class if n_per_class is not None else exp.get("n_per_class")}
-    unset = [k for k, v in out.items() if v is None]
-    if unset:
-        raise ValueError(f"{unset} are neither notebook parameters nor set in the params file "
-                         "(experiment.datasets/methods/seeds/n_per_class, model.name)")
-    if not isinstance(out["n_per_class"], (list, tuple)):  # a single budget is a grid of one
-        out["n_per_class"] = [out["n_per_class"]]
-    return out
-
-
-# ------------------------------------------------------------------------- results made in-process
-def produce_missing(missing: list[tuple[str, str, int, int]], runs_dir: str | Path, model: str,
-                    params_file: str | Path = "params.yaml", progress: bool = True) -> list[Path]:
-    """Make the missing (dataset, method, n, seed) results in-process, as the DVC stages would, into the same files.
-
-    The settings come from params_file (the model name from the argument, each budget from its tuple); a
-    dataset's prepared task in runs_dir/<dataset>/data is used when present, else it is prepared there.
-    """
-    from gradmm.core.admm import GenerateConfig
-    from gradmm.config import load_config
-    from gradmm.core.data import DataConfig, load_task
-    from gradmm.methods.trainsets import (ExperimentConfig, baseline_trainset, evaluate_method, result_file, task_from_dir,
-                                   trainset_file, variant_overrides, write_task)
-    from gradmm.methods.filtering import FilterConfig, filter_rows
-    from gradmm.methods.finetune import FinetuneConfig
-    from gradmm.methods.generate import DPConfig, generate
-    from gradmm.core.models import ModelConfig, load_model
-    from gradmm.io.records import write_json, write_jsonl
-
-    if not missing:
-        return []
-    runs_dir, written = Path(runs_dir), []
-    model_cfg = load_config(ModelConfig, "model", params_file, [f"model.name={model}"])
-    lm, tok = load_model(model_cfg.name, model_cfg.device, model_cfg.dtype)
-    for dataset in dict.fromkeys(d for d, _, _, _ in missing):
-        data_dir = runs_dir / dataset / "data"
-        if not (data_dir / "meta.json").is_file():  # the prepare stage
-            write_task(load_task(load_config(DataConfig, "data", params_file, [f"data.dataset={dataset}"])), data_dir)
-        task = task_from_dir(data_dir)
-        for _, method, n, seed in [m for m in missing if m[0] == dataset]:
-            base = [f"model.name={model}", f"experiment.n_per_class={n}", f"filter.n_per_class={n}"]
-            exp = load_config(ExperimentConfig, "experiment", params_file, base)
-            finetune_cfg = load_config(FinetuneConfig, "finetune", params_file, base)
-            train = trainset_file(runs_dir, dataset, method, n, seed)
-            generator = generator_of(method)
-            if generator:  # the generate and filter stages
-                overrides = base + variant_overrides(generator) + [f"generate.seed={seed}"]
-                gen = load_config(GenerateConfig, "generate", params_file, overrides)
-                dp = load_config(DPConfig, "dp", params_file, overrides)
-                out = runs_dir / dataset / "generated" / f"{generator}-seed{seed}"  # shared by every budget
-                generate(task, model_cfg, gen, dp, out, progress=progress, archive_stale=True)
-                filter_cfg = load_config(FilterConfig, "filter", params_file, overrides)
-                if method.endswith("_no_filter"):
-                    filter_cfg.label_filter, filter_cfg.rank = False, "none"
-                rows, _ = filter_rows(lm, tok, task, read_jsonl(out / "raw.jsonl"), filter_cfg, private=dp.enabled,
-                                      progress=progress)
-            else:  # the baseline stage
-                filter_cfg = load_config(FilterConfig, "filter", params_file, base)
-                rows, _ = baseline_trainset(method, lm, tok, task, exp, seed, filter_cfg, progress=progress)
-            write_jsonl(train, rows)
-            result = evaluate_method(method, rows, lm, tok, task, finetune_cfg, seed, progress)  # the finetune stage
-            result.update(dataset=task.name, model=model_cfg.name, n_per_class=n, train_file=str(train))
-            path = result_file(runs_dir, dataset, method, n, seed)
-            write_json(path, result)
-            written.append(path)
-    return written
-

@@ -20,9 +20,19 @@ import json
 import logging
 import os
 import subprocess
+import tempfile
 import warnings
 from importlib import metadata
 from pathlib import Path
+
+import pandas as pd
+import torch
+
+from gradmm import __version__
+from gradmm.config import as_dict, build, read_params, section_classes
+from gradmm.methods.registry import GENERATORS, generator_of
+from gradmm.reporting import classification as report
+from gradmm.reporting.classification import health_figure_path
 
 MAX_PARAM_CHARS = 500  # MLflow's limit on a param value
 CLASSIFICATION_EXPERIMENT = "01_classification"  # notebooks/01_classification.ipynb's mlflow_experiment
@@ -76,8 +86,6 @@ def git_commit(project_root: str | Path = ".") -> str:
 
 @functools.lru_cache(maxsize=1)  # metadata.version reads package files: ~10 ms a run
 def library_versions() -> dict[str, str]:
-    from gradmm import __version__
-
     out = {"gradmm": __version__}
     for name in ("torch", "transformers", "mlflow"):
         try:
@@ -90,8 +98,6 @@ def library_versions() -> dict[str, str]:
 def device_name(device: str = "auto") -> str:
     """The device a model.device setting resolves to here (cuda:<GPU name> or cpu)."""
     try:
-        import torch
-
         if device in ("auto", "cuda") or device.startswith("cuda"):
             if torch.cuda.is_available():
                 return f"cuda:{torch.cuda.get_device_name()}"
@@ -127,10 +133,6 @@ def relevant_params(params: dict, method: str, dataset: str | None = None, model
     """The sections of params.yaml behind one result, as the stages see them: defaults filled in by the config
     dataclasses, the method's variant and the result's own dataset, model and budget applied
     (gradmm_dp shows dp.enabled = true, a result of rtpolarity shows data.dataset = rtpolarity)."""
-    from gradmm.config import as_dict, build, section_classes
-    from gradmm.methods.trainsets import GENERATORS
-    from gradmm.reporting.classification import generator_of
-
     generator = generator_of(method)
     overrides = {s: dict(v) for s, v in (GENERATORS.get(generator) or {}).items()}
     for section, key, value in (("data", "dataset", dataset), ("model", "name", model),
@@ -274,8 +276,6 @@ def result_key(result_file: str | Path, runs_dir: str | Path) -> str:
 def _row_run(row: dict, params: dict, runs_dir, figures_dir, project_root) -> tuple[dict, list, dict]:
     """A result row's params, artifacts (its training set; for GRADMM methods the raw synthetic texts and the
     run's generation-health figure) and tags (its result key; TRAINSET_MISSING_TAG when the set is not found)."""
-    from gradmm.reporting.classification import generator_of, health_figure_path
-
     tags = {}
     if row.get("result_file") and Path(row["result_file"]).is_file():
         tags[RESULT_KEY_TAG] = result_key(row["result_file"], runs_dir)
@@ -293,8 +293,6 @@ def _row_run(row: dict, params: dict, runs_dir, figures_dir, project_root) -> tu
 
 
 def _rows(df) -> list[dict]:
-    import pandas as pd
-
     return [{k: v for k, v in row.items() if not pd.isna(v)} for row in df.to_dict("records")]  # NaN / <NA> out
 
 
@@ -376,9 +374,6 @@ def import_results(runs_dir: str | Path = DEFAULT_IMPORT_DIR, experiment: str = 
     log_results logs them, with the params of `<runs_dir>/../params.yaml` (else the project's), plus one report
     run with the classification table and figure of all of them. Returns the counts: added, skipped (logged
     before), failed (MLflow refused), trainsets_missing (tagged TRAINSET_MISSING_TAG), report (added or not)."""
-    from gradmm.reporting import classification as report
-    from gradmm.config import read_params
-
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
         raise FileNotFoundError(f"results folder {runs_dir} does not exist: pass a folder holding "
@@ -394,9 +389,6 @@ def import_results(runs_dir: str | Path = DEFAULT_IMPORT_DIR, experiment: str = 
 
 
 def _import_rows(df, runs_dir: Path, params: dict, experiment: str, project_root) -> dict:
-    import tempfile
-
-    from gradmm.reporting import classification as report
 
     with quiet():
         logged = _logged_keys(_client(tracking_uri(project_root)), experiment)

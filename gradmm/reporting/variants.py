@@ -1,0 +1,226 @@
+"""The variants study's report: its cells' results gathered into reports/tables/variants.{csv,md}, reports/figures/variants.png
+and MLflow runs (`gradmm study-report`, notebooks/04_variants.ipynb)."""
+
+from pathlib import Path
+
+import pandas as pd
+import seaborn as sns
+from scipy.stats import ttest_ind
+
+from gradmm.config import (
+    read_params,
+)
+from gradmm.io.records import (
+    read_json,
+    read_jsonl,
+)
+from gradmm.methods.registry import GENERATORS, ordered_methods
+from gradmm.reporting.classification import fixed_jitter, format_accuracy, format_number
+from gradmm.reporting.tracking import log_result, relevant_params
+
+
+def collect(study_dir: str | Path = "studies/variants") -> "pd.DataFrame":
+    """Every result of every cell as one row (dataset, model, method, n_per_class, generation_seed, seed, ...)."""
+    rows = []
+    for path in sorted(Path(study_dir).glob("*/*/result-*.json")):
+        r = read_json(path)
+        shares = r.get("test_prediction_shares") or []
+        rows.append({"dataset": r["dataset"], "model": r["model"], "method": r["method"],
+                     "n_per_class": r["n_per_class"], "generation_seed": r["generation_seed"], "seed": r["seed"],
+                     "accuracy": r["test_accuracy"], "dev_accuracy": r.get("dev_accuracy"),
+                     "best_lr": r.get("best_lr"), "majority_share": max(shares) if shares else None,
+                     "n_train": r.get("n_train"), "wall_seconds": round(r.get("wall_seconds", 0.0), 1),
+                     "empty_trainset": bool(r.get("empty_trainset"))})
+    return pd.DataFrame(rows)
+
+
+def health(study_dir: str | Path = "studies/variants") -> "pd.DataFrame":
+    """Per GRADMM cell: ADMM health at the last outer iteration (means over batches) and target discrimination."""
+    rows = []
+    for hist in sorted(Path(study_dir).glob("*/*/generated-g*/history.jsonl")):
+        recs = read_jsonl(hist)
+        last = pd.DataFrame(recs).sort_values("t").groupby(["class", "batch"]).tail(1)
+        cell = hist.parent.parent
+        g = int(hist.parent.name.split("-g")[1])
+        row = {"dataset": cell.parent.name, "method": cell.name, "generation_seed": g,
+               "outer_steps_run": float(last["t"].mean() + 1),
+               "changed_fraction_last": float(last["changed_fraction"].mean()),
+               # NaN without a matching term (gradmm_no_matching): a ratio to zero says nothing
+               "penalty_to_match_grad": float((last["grad_norm_penalty"] / last["grad_norm_match"].where(
+                   last["grad_norm_match"] > 0)).median()),
+               "f_Z_last": float(last["f_Z"].mean()), "logppl_Z_last": float(last["logppl_Z"].mean())}
+        diag = cell / f"diagnostics-g{g}.json"
+        if diag.is_file():
+            d = read_json(diag)
+            row["margin"] = sum(t["margin_mean"] for t in d["targets"]) / len(d["targets"])
+            row["margin_ci_low"] = min(t["margin_ci95"][0] for t in d["targets"])
+            row["label_word_p"] = sum(t["label_word_probability"] for t in d["targets"]) / len(d["targets"])
+            synth = [v for t in d["targets"] for v in t["synthetic"]]
+            same = [v for t in d["targets"] for v in t["real_same"]]
+            row["f_synthetic"] = sum(synth) / len(synth) if synth else None
+            row["f_real_same"] = sum(same) / len(same) if same else None
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def summary(df: "pd.DataFrame") -> "pd.DataFrame":
+    """Mean ± std of test accuracy per (dataset, n, method), beside dev accuracy and the majority-class share."""
+    df = df.assign(empty_trainset=df["empty_trainset"] if "empty_trainset" in df else False)  # older collect() frames
+    g = df.groupby(["dataset", "model", "n_per_class", "method"])
+    return g.agg(runs=("accuracy", "size"), mean=("accuracy", "mean"), std=("accuracy", "std"),
+                 empty_runs=("empty_trainset", "sum"),
+                 dev_mean=("dev_accuracy", "mean"), majority_share=("majority_share", "mean"),
+                 n_train=("n_train", "mean"), wall_seconds=("wall_seconds", "mean")).reset_index().sort_values(
+        ["dataset", "n_per_class", "dev_mean"], ascending=[True, True, False])
+
+
+def dev_pick(summ: "pd.DataFrame") -> str | None:
+    """The GRADMM variant (not gradmm_plus, the pick itself, nor the no-matching ablation) with the best dev accuracy averaged over its
+    panels (dataset × n), among the variants run on the most panels (the grid's, not the screen's); None
+    without a variant."""
+    part = summ[summ.method.isin(set(GENERATORS) - {"gradmm_plus", "gradmm_no_matching"})]  # the ablation is no candidate
+    if part.empty:
+        return None
+    panels = part.groupby("method").size()
+    widest = part[part.method.isin(panels.index[panels == panels.max()])]
+    return str(widest.groupby("method").dev_mean.mean().idxmax())
+
+
+def comparisons(df: "pd.DataFrame", references=("llm_zero_shot_gen", "gradmm_no_matching", "random_real")) -> "pd.DataFrame":
+    """Per panel and GRADMM variant: the test-accuracy difference to each reference method and Welch's t-test p."""
+
+    rows = []
+    for (d, n), panel in df.groupby(["dataset", "n_per_class"]):
+        acc = {m: g.accuracy.to_numpy() for m, g in panel.groupby("method")}
+        for m in [m for m in acc if m in GENERATORS]:
+            row = {"dataset": d, "n_per_class": n, "method": m}
+            for ref in [r for r in references if r in acc and r != m]:
+                row[f"diff_{ref}"] = acc[m].mean() - acc[ref].mean()
+                row[f"p_{ref}"] = float(ttest_ind(acc[m], acc[ref], equal_var=False).pvalue) if min(
+                    len(acc[m]), len(acc[ref])) > 1 else float("nan")
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def panel_table(summ: "pd.DataFrame") -> list[str]:
+    """Markdown lines: one row per method, one column per dataset × n (test mean ± std)."""
+    panels = sorted({(r.dataset, r.n_per_class) for r in summ.itertuples()})
+    cell = {(r.method, r.dataset, r.n_per_class): format_accuracy(r.mean, r.std, r.empty_runs, r.runs)
+            for r in summ.itertuples()}
+    lines = ["| method | " + " | ".join(f"{d} n={n}" for d, n in panels) + " |", "|---|" + "---|" * len(panels)]
+    for m in ordered_methods(summ.method.unique()):
+        lines.append(f"| {m} | " + " | ".join(cell.get((m, d, n), "") for d, n in panels) + " |")
+    return lines
+
+
+def markdown(summ: "pd.DataFrame", health_df: "pd.DataFrame", comp: "pd.DataFrame | None" = None) -> str:
+    lines = ["# Variants study: test accuracy (%) at equal budget", "",
+             "Sorted by mean dev accuracy (the only split used to choose). `majority` = mean share of test "
+             "predictions in the most predicted class (50 % = balanced). `texts` = training texts in all (the "
+             "filter keeps at most n per class, fewer when the label check rejects texts; classes balanced).", "",
+             "| dataset | n | method | runs | texts | test mean ± std | dev mean | majority |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in summ.itertuples():
+        dev = "" if r.dev_mean != r.dev_mean else f"{100 * r.dev_mean:.1f}"  # NaN for zero-shot
+        lines.append(f"| {r.dataset} | {r.n_per_class} | {r.method} | {r.runs} | {r.n_train:.0f} | {format_accuracy(r.mean, r.std, r.empty_runs, r.runs)} | "
+                     f"{dev} | {format_number(100 * r.majority_share, '.0f')} |")
+    lines += ["", "## Test accuracy by panel", "", *panel_table(summ)]
+    pick = dev_pick(summ)
+    if pick:
+        lines += ["", f"**Dev pick** (best mean dev accuracy over the panels every variant ran on): `{pick}`."]
+    if comp is not None and len(comp):
+        refs = [c[len("diff_"):] for c in comp if c.startswith("diff_")]
+        lines += ["", "## Each variant against the references", "",
+                  "Test-accuracy difference in points (Welch's t-test p over the runs of the two cells).", "",
+                  "| dataset | n | method | " + " | ".join(f"vs {r}" for r in refs) + " |",
+                  "|---|---|---|" + "---|" * len(refs)]
+        for r in comp.itertuples():
+            cells = [f"{100 * getattr(r, f'diff_{x}'):+.1f} (p {getattr(r, f'p_{x}'):.2f})"
+                     if getattr(r, f"diff_{x}") == getattr(r, f"diff_{x}") else "" for x in refs]
+            lines.append(f"| {r.dataset} | {r.n_per_class} | {r.method} | " + " | ".join(cells) + " |")
+    if len(health_df):
+        lines += ["", "## Diagnostics of each GRADMM variant", "",
+                  "margin = match loss of held-out real sets labelled with another class − with their own (> 0: "
+                  "the target tells the classes apart; CI low = lowest bootstrap 2.5 % bound over targets); "
+                  "changed = share of tokens changed at the last Z-step; penalty/match = ratio of the X-step "
+                  "gradient norms; f = set match loss (synthetic vs same-class real).", "",
+                  "| dataset | method | margin | CI low | label-word p | outer steps | changed | penalty/match | "
+                  "f synthetic | f real | log-ppl |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in health_df.itertuples():
+            get = lambda k, fmt: "" if getattr(r, k, None) is None or getattr(r, k) != getattr(r, k) else format(getattr(r, k), fmt)  # noqa: E731
+            lines.append(f"| {r.dataset} | {r.method} | {get('margin', '.4f')} | {get('margin_ci_low', '.4f')} | "
+                         f"{get('label_word_p', '.3f')} | {r.outer_steps_run:.1f} | {r.changed_fraction_last:.2f} | "
+                         f"{r.penalty_to_match_grad:.1f} | {get('f_synthetic', '.3f')} | {get('f_real_same', '.3f')} | "
+                         f"{r.logppl_Z_last:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(df: "pd.DataFrame", path_png: str | Path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+
+    order = summary(df).drop_duplicates("method")["method"].tolist()
+    panels = df[["dataset", "n_per_class"]].drop_duplicates().values.tolist()
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 0.45 * len(order) + 1.5), squeeze=False)
+    for ax, (dataset, n) in zip(axes[0], panels):
+        part = df[(df.dataset == dataset) & (df.n_per_class == n)]
+        sns.pointplot(data=part, y="method", x="accuracy", order=[m for m in order if m in set(part.method)],
+                      errorbar="sd", linestyle="none", ax=ax)
+        with fixed_jitter():
+            sns.stripplot(data=part, y="method", x="accuracy", order=[m for m in order if m in set(part.method)],
+                          alpha=0.35, color="grey", ax=ax)
+        ax.axvline(0.5, ls=":", c="k", lw=0.8)
+        ax.set_title(f"{dataset}, n = {n} per class (mean ± sd over runs)")
+        ax.set_xlabel("test accuracy")
+    fig.tight_layout()
+    Path(path_png).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path_png, dpi=120)
+    plt.close(fig)
+    return fig
+
+
+def log_to_mlflow(df: "pd.DataFrame", health_df: "pd.DataFrame", study_dir: str | Path, params: dict,
+                  experiment: str = "variants_study", project_root: str | Path = ".") -> list[str]:
+    """One MLflow run per result: params of its method (variant overrides applied), metrics incl. the
+    variant's diagnostics (diag_*), artifacts: its training set, the variant's diagnostics and ADMM history."""
+
+    diag = {(r["dataset"], r["method"], r["generation_seed"]): r for r in health_df.to_dict("records")}
+    ids = []
+    for row in df.to_dict("records"):
+        row = {k: v for k, v in row.items() if not pd.isna(v)}
+        cell = Path(study_dir) / row["dataset"] / row["method"]
+        g = row["generation_seed"]
+        for k, v in (diag.get((row["dataset"], row["method"], g)) or {}).items():
+            if k not in ("dataset", "method", "generation_seed") and not pd.isna(v):
+                row[f"diag_{k}"] = v
+        result_file = read_json(cell / f"result-n{row['n_per_class']}-g{g}-s{row['seed']}.json")
+        artifacts = [(cell / result_file["train_file"], "trainset"), (cell / f"diagnostics-g{g}.json", "diagnostics"),
+                     (cell / f"generated-g{g}" / "history.jsonl", "diagnostics")]
+        p = relevant_params(params, row["method"], row["dataset"], row.get("model"), row.get("n_per_class"))
+        p["study"] = params.get("study") or {}
+        run_id = log_result(experiment, row, p, artifacts, {"generation_seed": g}, project_root)
+        if run_id:
+            ids.append(run_id)
+    return ids
+
+
+def write_report(study_dir: str | Path, reports_dir: str | Path, params_file: str | Path | None = None) -> "pd.DataFrame":
+    """Tables, figure and (with a params file) MLflow runs of the whole study."""
+    df = collect(study_dir)
+    if df.empty:
+        raise FileNotFoundError(f"no study results under {study_dir}: run `dvc repro study_report` (or `gradmm study`)")
+    reports = Path(reports_dir)
+    (reports / "tables").mkdir(parents=True, exist_ok=True)
+    df.sort_values(["dataset", "n_per_class", "method", "generation_seed", "seed"]).to_csv(
+        reports / "tables" / "variants.csv", index=False)
+    health_df = health(study_dir)
+    health_df.to_csv(reports / "tables" / "variants_health.csv", index=False)
+    (reports / "tables" / "variants.md").write_text(markdown(summary(df), health_df, comparisons(df)))
+    plot(df, reports / "figures" / "variants.png")
+    if params_file is not None and Path(params_file).is_file():  # after the files: MLflow never costs a result
+
+        log_to_mlflow(df, health_df, study_dir, read_params(params_file), project_root=Path(params_file).parent)
+    return df
