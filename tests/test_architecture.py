@@ -1,6 +1,6 @@
 """The package's import graph shows its architecture: no cycles, no arrow upwards between the layers
 
-    config, io  <  core  <  methods  <  experiments  <  reporting  <  cli
+    config, io  <  core  <  methods  <  experiments  <  reporting  <  commands  <  cli
 
 (a layer may import any layer below it), imports at module top (an import inside a function hides an edge),
 and one function that builds every training set."""
@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "gradmm"
-LAYERS = {"gradmm": 0, "config": 0, "io": 0, "core": 1, "methods": 2, "experiments": 3, "reporting": 4, "cli": 5}
+LAYERS = {"gradmm": 0, "config": 0, "io": 0, "core": 1, "methods": 2, "experiments": 3, "reporting": 4, "commands": 5,
+          "cli": 6}
 
 
 def module_name(path: Path) -> str:
