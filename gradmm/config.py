@@ -92,6 +92,13 @@ class GenerateConfig:
     template: str = ""  # the template whose gradient is matched: a name in data.TEMPLATES; "" = the task's own
     joint: bool = False  # joint target: every batch holds all classes, matched against the whole pool's gradient
     init: str = "random"  # random (the paper) | lm: start from LM samples under the class instruction (a variant)
+    # Exact token swaps after ADMM (gradmm.core.swaps): each step applies the swap that lowers f(Z) most among
+    # `swap_candidates` ranked by the first-order change of f, each token among the LM's `swap_next_topk` next
+    # tokens at its position (fluency). 0 = none (the paper). With outer_steps 0 and init lm there is no ADMM:
+    # the LM's own text is refined.
+    swap_steps: int = 0
+    swap_candidates: int = 48
+    swap_next_topk: int = 40
     seed: int = 0
 
 
@@ -215,6 +222,9 @@ BOUNDS = {
     "generate.matching_weight": (0, None),
     "generate.stop_changed_fraction": (0, 1),
     "generate.seed": (0, None),
+    "generate.swap_steps": (0, None),
+    "generate.swap_candidates": (1, None),
+    "generate.swap_next_topk": (1, None),
     "dp.noise_seed_not_private": (0, None),
     "filter.alpha": (0, None),
     "filter.seed": (0, None),

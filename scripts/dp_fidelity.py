@@ -16,14 +16,7 @@ from pathlib import Path
 
 import torch
 
-from gradmm.config import (
-    DataConfig,
-    DPConfig,
-    GenerateConfig,
-    ModelConfig,
-    load_config,
-    read_params,
-)
+from gradmm.config import DataConfig, DPConfig, GenerateConfig, ModelConfig, load_config, read_params
 from gradmm.core.data import check_dataset_name, load_task
 from gradmm.core.models import check_model_name, load_model
 from gradmm.experiments.dp_fidelity import COLUMNS, check_settings, measure

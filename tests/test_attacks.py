@@ -9,11 +9,7 @@ import yaml
 from gradmm.cli import main
 from gradmm.config import PrivacyConfig
 from gradmm.experiments.privacy import canaried_task, check_privacy
-from gradmm.reporting.privacy import (
-    attack_tables,
-    dp_sweep_summary,
-    write_attack_report,
-)
+from gradmm.reporting.privacy import attack_tables, dp_sweep_summary, write_attack_report
 from tests.test_study import PARAMS, _study, project  # noqa: F401 (the fixture)
 
 PRIVACY = {"datasets": ["toy"], "n_per_class": 2, "methods": ["random_real", "gradmm"], "members": 8, "canaries": 2,

@@ -12,13 +12,7 @@ from gradmm.methods import features, llm_text
 from gradmm.methods.features import lm_features, minilm_embeddings
 from gradmm.methods.llm_text import generate_llm_texts, llm_few_shot_gen
 from gradmm.methods.prompts import clean_generation, instruction
-from gradmm.methods.selection import (
-    coverage_radius,
-    select_coreset,
-    select_herding,
-    select_kcenter,
-    select_random,
-)
+from gradmm.methods.selection import coverage_radius, select_coreset, select_herding, select_kcenter, select_random
 
 
 @pytest.fixture(scope="module")

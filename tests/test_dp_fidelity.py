@@ -16,12 +16,7 @@ from gradmm.core.dp import clip_target, noisy_target
 from gradmm.core.matching import class_targets
 from gradmm.core.projection import allowed_token_mask
 from gradmm.core.scoring import prompt_ids
-from gradmm.experiments.dp_fidelity import (
-    XStepGradient,
-    fidelity,
-    label_row_snr,
-    measure,
-)
+from gradmm.experiments.dp_fidelity import XStepGradient, fidelity, label_row_snr, measure
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = TEMPLATES["paper"]

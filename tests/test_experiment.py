@@ -4,13 +4,7 @@ from gradmm.config import ExperimentConfig, FinetuneConfig
 from gradmm.core.data import task_from_dir, write_task
 from gradmm.experiments.classification import result_file
 from gradmm.methods.registry import all_methods, check_method, variant_overrides
-from gradmm.methods.trainsets import (
-    at_budget,
-    budgets,
-    check_experiment,
-    evaluate_method,
-    make_trainset,
-)
+from gradmm.methods.trainsets import at_budget, budgets, check_experiment, evaluate_method, make_trainset
 
 FT = FinetuneConfig(learning_rates=[1e-3], steps=2, batch_size=4)
 

@@ -7,13 +7,7 @@ from gradmm.config import FinetuneConfig, load_config
 from gradmm.core.data import TEMPLATES, Example, Task
 from gradmm.core.models import load_model
 from gradmm.core.scoring import accuracy, first_label_ids, predict
-from gradmm.methods.finetune import (
-    batch_order,
-    check_config,
-    classification_loss,
-    finetune_and_evaluate,
-    train_copy,
-)
+from gradmm.methods.finetune import batch_order, check_config, classification_loss, finetune_and_evaluate, train_copy
 
 TEMPLATE = TEMPLATES["paper"]
 POS = ["good good good", "good good", "very good good", "good good good good", "so good good"]

@@ -13,13 +13,7 @@ PROFILES = sorted((ROOT / "profiles").glob("*.yaml"))
 
 @pytest.mark.parametrize("profile", PROFILES, ids=[p.stem for p in PROFILES])
 def test_a_profile_merges_into_valid_settings(profile, tmp_path):
-    from gradmm.config import (
-        ExperimentConfig,
-        FinetuneConfig,
-        GenerateConfig,
-        ModelConfig,
-        StudyConfig,
-    )
+    from gradmm.config import ExperimentConfig, FinetuneConfig, GenerateConfig, ModelConfig, StudyConfig
     from gradmm.core.admm import check_config as check_generate
     from gradmm.core.models import check_model_name
     from gradmm.experiments.transfer import settings

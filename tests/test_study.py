@@ -74,9 +74,7 @@ def test_baselines_and_zero_shot_cells_and_the_report(project):
     md = (project / "reports" / "tables" / "variants.md").read_text()
     assert "gradmm_converge" in md and "Diagnostics" in md
     assert (project / "reports" / "figures" / "variants.png").stat().st_size > 1000
-    from mlflow.tracking import (
-        MlflowClient,  # one MLflow run per result, with the variant's diagnostics
-    )
+    from mlflow.tracking import MlflowClient  # one MLflow run per result, with the variant's diagnostics
 
     from gradmm.reporting.tracking import tracking_uri
 

@@ -10,14 +10,7 @@ import pandas as pd
 import pytest
 
 from gradmm.cli import build_parser
-from gradmm.config import (
-    DataConfig,
-    DPConfig,
-    FilterConfig,
-    FinetuneConfig,
-    GenerateConfig,
-    ModelConfig,
-)
+from gradmm.config import DataConfig, DPConfig, FilterConfig, FinetuneConfig, GenerateConfig, ModelConfig
 from gradmm.core.data import TEMPLATES, load_task, task_from_dir, write_task
 from gradmm.core.matching import hidden_and_logits
 from gradmm.core.scoring import first_label_ids, template_prompt

@@ -9,12 +9,7 @@ import gradmm.core.admm as admm
 from gradmm.config import DPConfig, FilterConfig, GenerateConfig, ModelConfig
 from gradmm.core.admm import Layout, Problem, check_config, run_batch
 from gradmm.core.data import TEMPLATES, Task
-from gradmm.core.matching import (
-    class_targets,
-    hidden_and_logits,
-    joint_target,
-    match_loss,
-)
+from gradmm.core.matching import class_targets, hidden_and_logits, joint_target, match_loss
 from gradmm.core.projection import allowed_token_mask
 from gradmm.core.scoring import first_label_ids
 from gradmm.io.records import read_jsonl
@@ -102,7 +97,7 @@ def test_lm_init_starts_from_sampled_allowed_tokens(tiny, task):
     assert allowed[ids[:, layout.free]].all()
     assert ids[:, :len(layout.prefix_ids)].tolist() == [layout.prefix_ids] * 3
     assert ids[:, layout.free.stop:].tolist() == [layout.suffix_ids] * 3
-    X0 = admm.initialise(problem, 3, torch.Generator().manual_seed(0))
+    X0, _ = admm.initialise(problem, 3, torch.Generator().manual_seed(0))
     # Every free position starts exactly on a token embedding (the LM's sample), not on a random vector.
     d = torch.cdist(X0[:, layout.free].reshape(-1, X0.shape[-1]), problem.emb)
     assert d.min(1).values.max().item() < 1e-3  # cdist round-off; token embeddings are ~0.1 apart

@@ -19,7 +19,9 @@ from tqdm.auto import tqdm
 from gradmm.config import GenerateConfig
 from gradmm.core.matching import Target, head_logits, match_loss
 from gradmm.core.models import input_embeddings, last_hidden
+from gradmm.core.perplexity import log_perplexity
 from gradmm.core.projection import ORDERS, project_to_tokens
+from gradmm.core.swaps import refine_by_swaps
 from gradmm.io.tensorfiles import load_tensors, save_tensors
 
 INITS = ("random", "lm")
@@ -30,6 +32,8 @@ def check_config(cfg: GenerateConfig, allowed_vocab: int | None = None) -> None:
     if cfg.rho <= 0 and cfg.projection == "admm":
         raise ValueError(f"generate.rho must be > 0, got {cfg.rho}")
     for key in ("n_per_class", "batch_size", "outer_steps", "inner_steps", "init_candidates", "topk"):
+        if key == "outer_steps" and cfg.outer_steps == 0 and cfg.swap_steps and cfg.init == "lm":
+            continue  # no ADMM: the LM's own text goes straight to the swaps
         if getattr(cfg, key) < 1:
             raise ValueError(f"generate.{key} must be ≥ 1, got {getattr(cfg, key)}")
     if cfg.n_per_class % cfg.batch_size:
@@ -46,8 +50,11 @@ def check_config(cfg: GenerateConfig, allowed_vocab: int | None = None) -> None:
         raise ValueError(f"generate.rho_growth must be ≥ 1 (a shrinking ρ never reaches consensus), got {cfg.rho_growth}")
     if cfg.lr <= 0 or cfg.grad_clip <= 0:
         raise ValueError(f"generate.lr and generate.grad_clip must be > 0, got {cfg.lr}, {cfg.grad_clip}")
-    if allowed_vocab is not None and cfg.topk > allowed_vocab:
-        raise ValueError(f"generate.topk={cfg.topk} exceeds the allowed vocabulary ({allowed_vocab} word tokens)")
+    if cfg.swap_steps and cfg.joint:
+        raise ValueError("generate.swap_steps with generate.joint: the swaps refine one class's batch; use joint: false")
+    if allowed_vocab is not None and max(cfg.topk, cfg.swap_next_topk if cfg.swap_steps else 0) > allowed_vocab:
+        raise ValueError(f"generate.topk={cfg.topk} / swap_next_topk={cfg.swap_next_topk} exceeds the allowed "
+                         f"vocabulary ({allowed_vocab} word tokens)")
 
 
 @dataclass
@@ -104,6 +111,15 @@ class Problem:
     def groups(self, batch_size: int) -> list[tuple[torch.Tensor, list[int]]]:
         """(rows, decoding prefix) pairs: the rows of a batch that are decoded after the same prefix."""
         return [(torch.arange(batch_size), self.decoding_prefix)]
+
+    def log_ppl(self, ids: torch.Tensor) -> torch.Tensor:
+        """(B,) mean log-perplexity of each row's free tokens after its decoding prefix, as the Z-step reports it."""
+        out = torch.empty(ids.shape[0], device=ids.device)
+        for rows, prefix in self.groups(ids.shape[0]):
+            rows = rows.to(ids.device)
+            out[rows] = log_perplexity(self.model, ids[rows], prefix_ids=prefix, start=self.layout.free.start,
+                                       end=self.layout.free.stop).to(out.dtype)
+        return out
 
     def project(self, E: torch.Tensor, progress: bool, rho: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
         ids = torch.empty(E.shape[:2], dtype=torch.long, device=E.device)
@@ -170,22 +186,25 @@ def initialise(problem: Problem, batch_size: int, generator: torch.Generator) ->
     from. The norm defaults to the model's own embedding norm (the paper's 1.4 was tuned for Phi-1.5;
     SmolLM2's median is 3.1).
     init="lm": the embeddings of LM samples under the class instruction (GRADMM refining LM text, a variant).
+    Returns (X, the token ids of the kept LM batch; None for init="random").
     """
     cfg = problem.cfg
     norm = cfg.init_norm or median_embedding_norm(problem.model)
-    best, best_loss = None, math.inf
+    best, best_ids, best_loss = None, None, math.inf
     L, d = problem.layout.seq_len, problem.emb.shape[1]
     for _ in range(cfg.init_candidates):
         if cfg.init == "lm":
             seed = int(torch.randint(2**31 - 1, (1,), generator=generator))
-            X = problem.freeze(problem.emb[problem.sample_ids(batch_size, seed)])
+            ids = problem.sample_ids(batch_size, seed)
+            X = problem.freeze(problem.emb[ids])
         else:
+            ids = None
             X = torch.randn(batch_size, L, d, generator=generator).to(problem.emb.device)
             X = problem.freeze(X / X.norm(dim=-1, keepdim=True) * norm)
         loss = problem.f(X).item() if cfg.matching_weight else 0.0
         if loss < best_loss:
-            best, best_loss = X, loss
-    return best
+            best, best_ids, best_loss = X, ids, loss
+    return best, best_ids
 
 
 def save_checkpoint(path: Path, X, Lam, Z_ids, opt, rho, t, best, history) -> None:
@@ -222,9 +241,11 @@ def run_batch(problem: Problem, batch_size: int, seed: int, checkpoint: Path | N
         # Saved from the CPU: a batch checkpointed on a GPU resumes on a CPU (the full profile moves between
         # them); Adam's state follows its parameter's device.
         X, opt, Lam, rho, t0, Z_ids, best, history = load_checkpoint(checkpoint, problem.emb, cfg.lr)
+        init_ids = None  # a checkpoint exists only once ADMM has run
     else:
         generator = torch.Generator().manual_seed(seed)
-        X = initialise(problem, batch_size, generator).requires_grad_(True)
+        X, init_ids = initialise(problem, batch_size, generator)
+        X.requires_grad_(True)
         opt = torch.optim.Adam([X], lr=cfg.lr)
         Lam, rho, t0, Z_ids = torch.zeros_like(X), cfg.rho, 0, None
         best, history = {"f_Z": math.inf, "ids": None, "logppl": None, "t": -1}, []
@@ -275,14 +296,23 @@ def run_batch(problem: Problem, batch_size: int, seed: int, checkpoint: Path | N
             save_checkpoint(checkpoint, X, Lam, Z_ids, opt, rho, t + 1, best, history)
         if use_admm and t > 0 and record["changed_fraction"] < cfg.stop_changed_fraction:
             break
-    # Final projection of the last iterate; the batch whose tokens match best over all Z-steps is kept.
-    E = X.detach() + (Lam / rho if use_admm else 0)
-    ids, logppl = problem.project(E, progress, rho if use_admm else 0.0)
-    f_final = problem.f_ids(ids).item()
-    if f_final <= best["f_Z"]:
-        best = {"f_Z": f_final, "ids": ids.cpu(), "logppl": logppl.cpu(), "t": cfg.outer_steps}
+    if cfg.outer_steps == 0:  # no ADMM (init lm, swaps only): the LM's own tokens are the start
+        ids = init_ids.to(dev)
+        best = {"f_Z": problem.f_ids(ids).item(), "ids": ids.cpu(), "logppl": problem.log_ppl(ids).cpu(), "t": 0}
+    else:  # final projection of the last iterate; the batch whose tokens match best over all Z-steps is kept
+        E = X.detach() + (Lam / rho if use_admm else 0)
+        ids, logppl = problem.project(E, progress, rho if use_admm else 0.0)
+        f_final = problem.f_ids(ids).item()
+        if f_final <= best["f_Z"]:
+            best = {"f_Z": f_final, "ids": ids.cpu(), "logppl": logppl.cpu(), "t": cfg.outer_steps}
+    swaps = {}
+    if cfg.swap_steps:  # exact swaps from the kept tokens: every applied swap lowers f(Z)
+        ids, steps = refine_by_swaps(problem, best["ids"].to(dev), cfg.swap_steps, cfg.swap_next_topk,
+                                     cfg.swap_candidates, progress)
+        swaps = {"f_Z_before_swaps": best["f_Z"], "swaps": steps}
+        best = {"f_Z": problem.f_ids(ids).item(), "ids": ids.cpu(), "logppl": problem.log_ppl(ids).cpu(), "t": best["t"]}
     ids = best["ids"].to(dev)
     return {"ids": ids.cpu(), "per_sample_loss": problem.f_ids(ids, per_sample=True).cpu(),
             "logppl": best["logppl"], "f_Z": best["f_Z"], "best_t": best["t"], "f_X_final": problem.f(X.detach()).item(),
-            "history": history}
+            "history": history, **swaps}
 

@@ -23,13 +23,7 @@ import torch.nn.functional as F
 
 from gradmm.core.admm import Layout, Problem, initialise
 from gradmm.core.dp import MECHANISMS, RELATIONS, clip_target, noisy_target
-from gradmm.core.matching import (
-    GRAM_DTYPE,
-    Target,
-    class_targets,
-    head_logits,
-    match_loss,
-)
+from gradmm.core.matching import GRAM_DTYPE, Target, class_targets, head_logits, match_loss
 from gradmm.core.models import last_hidden
 from gradmm.core.projection import allowed_token_mask
 from gradmm.core.scoring import prompt_ids
@@ -165,7 +159,7 @@ def measure(model, tokenizer, task, gen, dp, epsilons: Sequence[float], draws: i
                               dataclasses.replace(gen, init=kind))
             generator = torch.Generator().manual_seed(seed * 1_009 + c)
             if kind == "random":
-                batches = [initialise(problem, gen.batch_size, generator) for _ in range(batches_per_kind)]
+                batches = [initialise(problem, gen.batch_size, generator)[0] for _ in range(batches_per_kind)]
             else:  # one LM sample batch per seed; no scoring (the LM-init variant's candidates are these)
                 batches = [problem.freeze(problem.emb[problem.sample_ids(gen.batch_size, seed * 1_009 + c * 101 + b)])
                            for b in range(batches_per_kind)]

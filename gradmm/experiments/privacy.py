@@ -26,13 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from gradmm.config import (
-    DPConfig,
-    GenerateConfig,
-    PrivacyConfig,
-    as_dict,
-    load_config,
-)
+from gradmm.config import DPConfig, GenerateConfig, PrivacyConfig, as_dict, load_config
 from gradmm.core.admm import check_config
 from gradmm.core.data import Example
 from gradmm.core.models import load_model

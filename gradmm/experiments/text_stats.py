@@ -25,10 +25,7 @@ from tqdm.auto import tqdm
 from gradmm.config import read_params
 from gradmm.core.perplexity import log_perplexity
 from gradmm.experiments.diversity import distinct_n, self_bleu
-from gradmm.experiments.privacy_metrics import (
-    leakage_vs_holdout,
-    nearest_neighbour_similarity,
-)
+from gradmm.experiments.privacy_metrics import leakage_vs_holdout, nearest_neighbour_similarity
 from gradmm.io.records import read_jsonl
 from gradmm.methods import registry
 from gradmm.methods.features import minilm_embeddings

@@ -40,23 +40,11 @@ from gradmm.core.diagnostics import bootstrap_ci
 from gradmm.core.matching import hidden_and_logits, match_loss
 from gradmm.core.models import load_model
 from gradmm.core.scoring import first_label_ids
-from gradmm.io.records import (
-    read_json,
-    read_jsonl,
-    read_text_rows,
-    write_json,
-    write_jsonl,
-)
+from gradmm.io.records import read_json, read_jsonl, read_text_rows, write_json, write_jsonl
 from gradmm.io.worksharing import claimed_run_dir, file_lock, shared_loop
 from gradmm.methods import registry
 from gradmm.methods.filtering import check_config as check_filter
-from gradmm.methods.generate import (
-    build_targets,
-    check_dp,
-    generate,
-    matching_task,
-    task_fingerprint,
-)
+from gradmm.methods.generate import build_targets, check_dp, generate, matching_task, task_fingerprint
 from gradmm.methods.registry import variant_overrides
 from gradmm.methods.trainsets import evaluate_method, make_trainset
 

@@ -223,8 +223,10 @@ def generate(task: Task | DataConfig, model_cfg: ModelConfig, gen: GenerateConfi
             per_group.append({
                 "class": "joint" if c is None else task.class_names[c], "seq_len": layout.seq_len, "snr": snrs[g],
                 "f_Z": [r["f_Z"] for r in results], "f_X_final": [r["f_X_final"] for r in results],
-                "last_changed_fraction": [r["history"][-1].get("changed_fraction") for r in results],
-                "mean_log_perplexity": sum(r["logppl"].mean().item() for r in results) / len(results)})
+                "last_changed_fraction": [r["history"][-1].get("changed_fraction") if r["history"] else None
+                                          for r in results],
+                "mean_log_perplexity": sum(r["logppl"].mean().item() for r in results) / len(results),
+                **({"f_Z_before_swaps": [r["f_Z_before_swaps"] for r in results]} if gen.swap_steps else {})})
             history += [{"class": name if c is None else c, "batch": b, **rec} for b, r in enumerate(results)
                         for rec in r["history"]]
         write_jsonl(out / "history.jsonl", history)  # atomic: workers that finish together write the same file

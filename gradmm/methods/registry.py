@@ -89,6 +89,11 @@ GENERATORS = {
     # The paper's ADMM schedule (30 outer × 50 inner steps, Adam lr 0.008, 500 initial candidates) instead of
     # the study's 6 × 6: does the short CPU schedule explain the gap to real text? (profiles/paper-smollm2.yaml)
     "gradmm_paper_schedule": {"generate": {"outer_steps": 30, "inner_steps": 50, "lr": 0.008, "init_candidates": 500}},
+    # Readable and matched: the LM's own label-conditioned text (best of 4 batches by f), refined against the
+    # centred class target by 40 exact token swaps, each among the LM's top-40 next tokens (gradmm.core.swaps);
+    # no ADMM. The settings are an earlier scratch probe's on rtpolarity, not tuned on any test split.
+    "gradmm_swap": {"generate": {"init": "lm", "center": True, "outer_steps": 0, "init_candidates": 4,
+                                 "swap_steps": 40, "swap_candidates": 48, "swap_next_topk": 40}},
 }
 
 METHODS = {**BASELINES,

@@ -12,9 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from gradmm.reporting.classification import (
-    format_number as num,  # a kind with only failed stages has no times: –
-)
+from gradmm.reporting.classification import format_number as num  # a kind with only failed stages has no times: –
 
 STAGE_ORDER = ["prepare", "generate", "filter", "baseline", "finetune"]
 STAGE_NAME = re.compile(r"^(?P<kind>[a-z_]+)@(?P<dataset>[a-z0-9_]+)(?:-(?P<rest>.+))?$")

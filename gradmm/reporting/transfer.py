@@ -7,9 +7,7 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
-from gradmm.config import (
-    TransferConfig,
-)
+from gradmm.config import TransferConfig
 from gradmm.io.records import read_json
 from gradmm.methods.registry import ordered_methods
 from gradmm.reporting.classification import fixed_jitter, format_accuracy, format_number

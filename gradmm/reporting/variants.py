@@ -7,13 +7,8 @@ import pandas as pd
 import seaborn as sns
 from scipy.stats import ttest_ind
 
-from gradmm.config import (
-    read_params,
-)
-from gradmm.io.records import (
-    read_json,
-    read_jsonl,
-)
+from gradmm.config import read_params
+from gradmm.io.records import read_json, read_jsonl
 from gradmm.methods.registry import GENERATORS, ordered_methods
 from gradmm.reporting.classification import fixed_jitter, format_accuracy, format_number
 from gradmm.reporting.tracking import log_result, relevant_params
@@ -34,21 +29,27 @@ def collect(study_dir: str | Path = "studies/variants") -> "pd.DataFrame":
     return pd.DataFrame(rows)
 
 
+def _admm_health(last: "pd.DataFrame") -> dict:
+    """ADMM health at the last outer iteration of each batch, averaged over the batches."""
+    return {"outer_steps_run": float(last["t"].mean() + 1),
+            "changed_fraction_last": float(last["changed_fraction"].mean()),
+            # NaN without a matching term (gradmm_no_matching): a ratio to zero says nothing
+            "penalty_to_match_grad": float((last["grad_norm_penalty"] / last["grad_norm_match"].where(
+                last["grad_norm_match"] > 0)).median()),
+            "f_Z_last": float(last["f_Z"].mean()), "logppl_Z_last": float(last["logppl_Z"].mean())}
+
+
 def health(study_dir: str | Path = "studies/variants") -> "pd.DataFrame":
     """Per GRADMM cell: ADMM health at the last outer iteration (means over batches) and target discrimination."""
     rows = []
     for hist in sorted(Path(study_dir).glob("*/*/generated-g*/history.jsonl")):
         recs = read_jsonl(hist)
-        last = pd.DataFrame(recs).sort_values("t").groupby(["class", "batch"]).tail(1)
         cell = hist.parent.parent
         g = int(hist.parent.name.split("-g")[1])
-        row = {"dataset": cell.parent.name, "method": cell.name, "generation_seed": g,
-               "outer_steps_run": float(last["t"].mean() + 1),
-               "changed_fraction_last": float(last["changed_fraction"].mean()),
-               # NaN without a matching term (gradmm_no_matching): a ratio to zero says nothing
-               "penalty_to_match_grad": float((last["grad_norm_penalty"] / last["grad_norm_match"].where(
-                   last["grad_norm_match"] > 0)).median()),
-               "f_Z_last": float(last["f_Z"].mean()), "logppl_Z_last": float(last["logppl_Z"].mean())}
+        row = {"dataset": cell.parent.name, "method": cell.name, "generation_seed": g, "outer_steps_run": 0.0}
+        if recs:  # no ADMM ran (gradmm_swap refines LM text by exact swaps): no ADMM health to report
+            last = pd.DataFrame(recs).sort_values("t").groupby(["class", "batch"]).tail(1)
+            row.update(_admm_health(last))
         diag = cell / f"diagnostics-g{g}.json"
         if diag.is_file():
             d = read_json(diag)
@@ -207,19 +208,21 @@ def log_to_mlflow(df: "pd.DataFrame", health_df: "pd.DataFrame", study_dir: str 
     return ids
 
 
-def write_report(study_dir: str | Path, reports_dir: str | Path, params_file: str | Path | None = None) -> "pd.DataFrame":
-    """Tables, figure and (with a params file) MLflow runs of the whole study."""
+def write_report(study_dir: str | Path, reports_dir: str | Path, params_file: str | Path | None = None,
+                 name: str = "variants") -> "pd.DataFrame":
+    """Tables, figure and (with a params file) MLflow runs of the whole study; `name` names the files
+    (tables/<name>.{csv,md}, tables/<name>_health.csv, figures/<name>.png)."""
     df = collect(study_dir)
     if df.empty:
         raise FileNotFoundError(f"no study results under {study_dir}: run `dvc repro study_report` (or `gradmm study`)")
     reports = Path(reports_dir)
     (reports / "tables").mkdir(parents=True, exist_ok=True)
     df.sort_values(["dataset", "n_per_class", "method", "generation_seed", "seed"]).to_csv(
-        reports / "tables" / "variants.csv", index=False)
+        reports / "tables" / f"{name}.csv", index=False)
     health_df = health(study_dir)
-    health_df.to_csv(reports / "tables" / "variants_health.csv", index=False)
-    (reports / "tables" / "variants.md").write_text(markdown(summary(df), health_df, comparisons(df)))
-    plot(df, reports / "figures" / "variants.png")
+    health_df.to_csv(reports / "tables" / f"{name}_health.csv", index=False)
+    (reports / "tables" / f"{name}.md").write_text(markdown(summary(df), health_df, comparisons(df)))
+    plot(df, reports / "figures" / f"{name}.png")
     if params_file is not None and Path(params_file).is_file():  # after the files: MLflow never costs a result
 
         log_to_mlflow(df, health_df, study_dir, read_params(params_file), project_root=Path(params_file).parent)
