@@ -47,9 +47,13 @@ def health(study_dir: str | Path = "studies/variants") -> "pd.DataFrame":
         cell = hist.parent.parent
         g = int(hist.parent.name.split("-g")[1])
         row = {"dataset": cell.parent.name, "method": cell.name, "generation_seed": g, "outer_steps_run": 0.0}
-        if recs:  # no ADMM ran (gradmm_swap refines LM text by exact swaps): no ADMM health to report
+        if recs:
             last = pd.DataFrame(recs).sort_values("t").groupby(["class", "batch"]).tail(1)
             row.update(_admm_health(last))
+        elif (hist.parent / "generate_metrics.json").is_file():  # no ADMM (gradmm_swap): the final tokens' f, log-ppl
+            classes = read_json(hist.parent / "generate_metrics.json")["classes"]
+            row["f_Z_last"] = float(pd.Series([v for c in classes for v in c["f_Z"]]).mean())
+            row["logppl_Z_last"] = float(pd.Series([c["mean_log_perplexity"] for c in classes]).mean())
         diag = cell / f"diagnostics-g{g}.json"
         if diag.is_file():
             d = read_json(diag)
@@ -114,8 +118,9 @@ def panel_table(summ: "pd.DataFrame") -> list[str]:
     return lines
 
 
-def markdown(summ: "pd.DataFrame", health_df: "pd.DataFrame", comp: "pd.DataFrame | None" = None) -> str:
-    lines = ["# Variants study: test accuracy (%) at equal budget", "",
+def markdown(summ: "pd.DataFrame", health_df: "pd.DataFrame", comp: "pd.DataFrame | None" = None,
+             title: str = "Variants study") -> str:
+    lines = [f"# {title}: test accuracy (%) at equal budget", "",
              "Sorted by mean dev accuracy (the only split used to choose). `majority` = mean share of test "
              "predictions in the most predicted class (50 % = balanced). `texts` = training texts in all (the "
              "filter keeps at most n per class, fewer when the label check rejects texts; classes balanced).", "",
@@ -221,7 +226,8 @@ def write_report(study_dir: str | Path, reports_dir: str | Path, params_file: st
         reports / "tables" / f"{name}.csv", index=False)
     health_df = health(study_dir)
     health_df.to_csv(reports / "tables" / f"{name}_health.csv", index=False)
-    (reports / "tables" / f"{name}.md").write_text(markdown(summary(df), health_df, comparisons(df)))
+    title = f"{name.replace('_', ' ').capitalize()} study"
+    (reports / "tables" / f"{name}.md").write_text(markdown(summary(df), health_df, comparisons(df), title))
     plot(df, reports / "figures" / f"{name}.png")
     if params_file is not None and Path(params_file).is_file():  # after the files: MLflow never costs a result
 
