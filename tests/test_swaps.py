@@ -74,9 +74,22 @@ def test_swap_settings_are_checked():
         check_config(GenerateConfig(outer_steps=0))  # no ADMM and nothing to refine
     with pytest.raises(ValueError, match="outer_steps"):
         check_config(GenerateConfig(outer_steps=0, swap_steps=5))  # random tokens are no start
+    check_config(GenerateConfig(outer_steps=0, init="lm"))  # the LM's text as it is (gradmm_swap_start)
     with pytest.raises(ValueError, match="joint"):
         check_config(GenerateConfig(swap_steps=5, joint=True))
     check_config(GenerateConfig(outer_steps=0, swap_steps=5, init="lm"))
+
+
+def test_the_swap_start_is_the_swap_variants_text_before_its_swaps(toy_data, tmp_path):
+    """Same seeds: gradmm_swap_start's texts are the LM batches gradmm_swap starts its swaps from."""
+    small = {"n_per_class": 2, "batch_size": 2, "max_seq_len": 10, "topk": 20, "init_candidates": 1}
+    start = generate(toy_data, TINY, GenerateConfig(**{**GENERATORS["gradmm_swap_start"]["generate"], **small}),
+                     DPConfig(), tmp_path / "start", progress=False)
+    swap = generate(toy_data, TINY, GenerateConfig(**{**GENERATORS["gradmm_swap"]["generate"], **small,
+                                                      "swap_steps": 2, "swap_candidates": 8, "swap_next_topk": 8}),
+                    DPConfig(), tmp_path / "swap", progress=False)
+    for a, b in zip(start["classes"], swap["classes"]):
+        assert a["f_Z"] == pytest.approx(b["f_Z_before_swaps"], abs=1e-5)
 
 
 def test_the_swap_variant_generates_through_the_pipeline(toy_data, tmp_path):

@@ -1,4 +1,4 @@
-"""Issue 9's generator variants on the tiny model: each runs, and does what its name says."""
+"""The variants study's generator variants on the tiny model: each runs, and does what its name says."""
 
 import json
 

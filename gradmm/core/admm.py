@@ -32,8 +32,8 @@ def check_config(cfg: GenerateConfig, allowed_vocab: int | None = None) -> None:
     if cfg.rho <= 0 and cfg.projection == "admm":
         raise ValueError(f"generate.rho must be > 0, got {cfg.rho}")
     for key in ("n_per_class", "batch_size", "outer_steps", "inner_steps", "init_candidates", "topk"):
-        if key == "outer_steps" and cfg.outer_steps == 0 and cfg.swap_steps and cfg.init == "lm":
-            continue  # no ADMM: the LM's own text goes straight to the swaps
+        if key == "outer_steps" and cfg.outer_steps == 0 and cfg.init == "lm":
+            continue  # no ADMM: the LM's own text goes straight to the swaps (or, without swaps, to the filter)
         if getattr(cfg, key) < 1:
             raise ValueError(f"generate.{key} must be ≥ 1, got {getattr(cfg, key)}")
     if cfg.n_per_class % cfg.batch_size:
@@ -152,7 +152,7 @@ class Problem:
 
 
 class JointProblem(Problem):
-    """Issue 9 (c): a batch holds B/C rows of every class, matched together against the gradient of the whole
+    """The joint variant: a batch holds B/C rows of every class, matched together against the gradient of the whole
     labelled pool (the gradient fine-tuning on the pool would take). Row i has its class's label token and is
     decoded after its class's instruction."""
 

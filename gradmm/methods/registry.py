@@ -94,6 +94,8 @@ GENERATORS = {
     # no ADMM. The settings are an earlier scratch probe's on rtpolarity, not tuned on any test split.
     "gradmm_swap": {"generate": {"init": "lm", "center": True, "outer_steps": 0, "init_candidates": 4,
                                  "swap_steps": 40, "swap_candidates": 48, "swap_next_topk": 40}},
+    # gradmm_swap's starting point, the swaps off: what the swaps add is the difference (same seeds, same texts)
+    "gradmm_swap_start": {"generate": {"init": "lm", "center": True, "outer_steps": 0, "init_candidates": 4}},
 }
 
 METHODS = {**BASELINES,

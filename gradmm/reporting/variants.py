@@ -214,9 +214,10 @@ def log_to_mlflow(df: "pd.DataFrame", health_df: "pd.DataFrame", study_dir: str 
 
 
 def write_report(study_dir: str | Path, reports_dir: str | Path, params_file: str | Path | None = None,
-                 name: str = "variants") -> "pd.DataFrame":
+                 name: str = "variants", project_root: str | Path = ".") -> "pd.DataFrame":
     """Tables, figure and (with a params file) MLflow runs of the whole study; `name` names the files
-    (tables/<name>.{csv,md}, tables/<name>_health.csv, figures/<name>.png)."""
+    (tables/<name>.{csv,md}, tables/<name>_health.csv, figures/<name>.png) and the MLflow experiment
+    (<name>_study, in project_root's store)."""
     df = collect(study_dir)
     if df.empty:
         raise FileNotFoundError(f"no study results under {study_dir}: run `dvc repro study_report` (or `gradmm study`)")
@@ -231,5 +232,6 @@ def write_report(study_dir: str | Path, reports_dir: str | Path, params_file: st
     plot(df, reports / "figures" / f"{name}.png")
     if params_file is not None and Path(params_file).is_file():  # after the files: MLflow never costs a result
 
-        log_to_mlflow(df, health_df, study_dir, read_params(params_file), project_root=Path(params_file).parent)
+        log_to_mlflow(df, health_df, study_dir, read_params(params_file), experiment=f"{name}_study",
+                      project_root=project_root)
     return df
