@@ -183,6 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--params", default="params.yaml", help="params logged with each MLflow run")
     p.add_argument("--no-mlflow", action="store_true", help="write the tables and figure only")
     p.add_argument("--name", default="variants", help="file name of the tables and figure (e.g. quality)")
+    p.add_argument("--samples", type=_at_least(0), default=0, help="sample texts per class and cell in the table")
+    p.add_argument("--mlflow-root", help="the folder of the MLflow store (default: the params file's folder)")
     p.set_defaults(func=cmd_study_report)
 
     p = sub.add_parser("mlflow-import", help="fill the MLflow store (mlflow.db) from committed results: one run "

@@ -266,7 +266,8 @@ def cmd_transfer_report(args) -> None:
 
 
 def cmd_study_report(args) -> None:
-    df = variants.write_report(args.runs, args.reports, None if args.no_mlflow else args.params, args.name)
+    df = variants.write_report(args.runs, args.reports, None if args.no_mlflow else args.params, args.name,
+                               project_root=args.mlflow_root, samples=args.samples)
     print((Path(args.reports) / "tables" / f"{args.name}.md").read_text())
     print(f"{len(df)} runs -> {args.reports}/tables/{args.name}.csv, {args.reports}/figures/{args.name}.png")
 

@@ -8,7 +8,7 @@ import seaborn as sns
 from scipy.stats import ttest_ind
 
 from gradmm.config import read_params
-from gradmm.io.records import read_json, read_jsonl
+from gradmm.io.records import read_json, read_jsonl, read_text_rows
 from gradmm.methods.registry import GENERATORS, ordered_methods
 from gradmm.reporting.classification import fixed_jitter, format_accuracy, format_number
 from gradmm.reporting.tracking import log_result, relevant_params
@@ -213,11 +213,30 @@ def log_to_mlflow(df: "pd.DataFrame", health_df: "pd.DataFrame", study_dir: str 
     return ids
 
 
+def sample_texts(study_dir: str | Path, per_class: int = 2) -> str:
+    """Markdown: the first `per_class` texts of each class in each cell's first training set (generation seed 0,
+    or fine-tuning seed 0 for the real subsets), as the fine-tuning saw them."""
+    lines = ["## Sample texts", "", f"The first {per_class} texts of each class in each cell's first training set "
+             "(generation seed 0; real subsets: fine-tuning seed 0).", ""]
+    for cell in sorted(p for p in Path(study_dir).glob("*/*") if list(p.glob("trainset-*.jsonl"))):
+        first = sorted(cell.glob("trainset-*-g0.jsonl")) or sorted(cell.glob("trainset-*-s0.jsonl"))
+        if not first:
+            continue
+        rows = read_text_rows(first[0])
+        lines.append(f"**{cell.parent.name} / {cell.name}** ({first[0].name}, {len(rows)} texts)")
+        lines.append("")
+        for label in sorted({r["label"] for r in rows}):
+            for r in [r for r in rows if r["label"] == label][:per_class]:
+                lines.append(f"- ({label}) {' '.join(r['text'].split())}")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def write_report(study_dir: str | Path, reports_dir: str | Path, params_file: str | Path | None = None,
-                 name: str = "variants", project_root: str | Path = ".") -> "pd.DataFrame":
+                 name: str = "variants", project_root: str | Path | None = None, samples: int = 0) -> "pd.DataFrame":
     """Tables, figure and (with a params file) MLflow runs of the whole study; `name` names the files
     (tables/<name>.{csv,md}, tables/<name>_health.csv, figures/<name>.png) and the MLflow experiment
-    (<name>_study, in project_root's store)."""
+    (<name>_study, in project_root's store; default the params file's folder)."""
     df = collect(study_dir)
     if df.empty:
         raise FileNotFoundError(f"no study results under {study_dir}: run `dvc repro study_report` (or `gradmm study`)")
@@ -228,10 +247,11 @@ def write_report(study_dir: str | Path, reports_dir: str | Path, params_file: st
     health_df = health(study_dir)
     health_df.to_csv(reports / "tables" / f"{name}_health.csv", index=False)
     title = f"{name.replace('_', ' ').capitalize()} study"
-    (reports / "tables" / f"{name}.md").write_text(markdown(summary(df), health_df, comparisons(df), title))
+    text = markdown(summary(df), health_df, comparisons(df), title)
+    (reports / "tables" / f"{name}.md").write_text(text + ("\n" + sample_texts(study_dir, samples) if samples else ""))
     plot(df, reports / "figures" / f"{name}.png")
     if params_file is not None and Path(params_file).is_file():  # after the files: MLflow never costs a result
 
         log_to_mlflow(df, health_df, study_dir, read_params(params_file), experiment=f"{name}_study",
-                      project_root=project_root)
+                      project_root=project_root or Path(params_file).parent)
     return df
