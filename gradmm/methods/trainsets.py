@@ -51,13 +51,14 @@ def at_budget(cfg: ExperimentConfig, n: int | None = None) -> ExperimentConfig:
 def make_trainset(method: str, model, tokenizer, task: Task, experiment: ExperimentConfig | None, seed: int,
                   filter_cfg: FilterConfig | None = None, progress: bool = True, raw: list[dict] | None = None,
                   private: bool = False, n: int | None = None) -> tuple[list[dict], dict]:
-    """The training set of `method` at the budget n per class (default: experiment.n_per_class's only one) and
-    facts about how it was made: a baseline's rows from its builder ({"method", "seed", ...}), a GRADMM
-    variant's from its raw texts (`raw`, a generation run's raw.jsonl rows) through the filter ({"filter":
-    counts}; private: a DP run, whose filter may not look at real text)."""
+    """The training set of `method` at the budget n per class and facts about how it was made: a baseline's
+    rows from its builder ({"method", "seed", ...}), a GRADMM variant's from its raw texts (`raw`, a generation
+    run's raw.jsonl rows) through the filter ({"filter": counts}; private: a DP run, whose filter may not look
+    at real text). n defaults to experiment.n_per_class's only budget, or without an experiment section to
+    the filter's n_per_class."""
     spec = registry.get(method)
     if n is None:
-        n = at_budget(experiment or ExperimentConfig()).n_per_class
+        n = at_budget(experiment).n_per_class if experiment else (filter_cfg or FilterConfig()).n_per_class
     if spec.generated:
         if raw is None:
             raise ValueError(f"{method} needs the raw texts of its generation run (gradmm generate)")
