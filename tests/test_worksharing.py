@@ -108,6 +108,13 @@ def _study_counting(project: str, calls: str) -> None:
     from gradmm.cli import main
 
     _count_batches(calls)
+    # Both processes start the cell together: one that finished importing first could otherwise take every
+    # tiny batch before the other arrives, which says nothing about sharing.
+    ready = Path(project) / f"ready-{os.getpid()}"
+    ready.touch()
+    deadline = time.monotonic() + 120
+    while len(list(Path(project).glob("ready-*"))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
     os.chdir(project)
     main(["study", "--params", "params.yaml", "--task", "task", "--method", "gradmm", "--out", "cell",
           "--set", "model.name=tiny-random", "--set", "model.device=cpu", "--set", "study.methods=[\"gradmm\"]",

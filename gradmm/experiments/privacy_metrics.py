@@ -18,7 +18,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.metrics import roc_auc_score, roc_curve
 from tqdm.auto import tqdm
 
 from gradmm.core.data import Example, Template
@@ -102,6 +101,8 @@ def attack_metrics(member_scores, nonmember_scores) -> dict[str, float]:
     TPR@1%FPR is the largest TPR of any threshold whose FPR is ≤ 0.01 (no interpolation: a threshold the
     attacker could actually use). With fewer than 100 non-members that means FPR = 0.
     """
+    from sklearn.metrics import roc_auc_score, roc_curve  # heavy: imported where used, not at every CLI start
+
     m, nm = (np.asarray(s, dtype=float).ravel() for s in (member_scores, nonmember_scores))
     for name, s in (("member_scores", m), ("nonmember_scores", nm)):
         if s.size == 0 or not np.isfinite(s).all():

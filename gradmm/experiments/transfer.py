@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.linear_model import LogisticRegression
 
 from gradmm.config import (
     PROBE,
@@ -104,6 +103,7 @@ def _minilm_tuple(texts: tuple) -> np.ndarray:
 
 def probe_result(train: list[dict], task, c_grid, embed=None) -> dict:
     """Frozen MiniLM + logistic regression: C picked on dev, accuracy on test. `embed(texts)` → (N, d) array."""
+    from sklearn.linear_model import LogisticRegression  # heavy: imported where used, not at every CLI start
 
     if not train:  # nothing to fit: no accuracy (reported as an empty set, as gradmm.methods.trainsets does)
         return {"test_accuracy": None, "dev_accuracy": None, "best_c": None, "dev_accuracies": {},

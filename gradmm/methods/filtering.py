@@ -20,8 +20,6 @@ Where this differs from the authors' filtering code and why:
 
 import logging
 
-from sklearn.linear_model import LogisticRegression
-
 from gradmm.config import FilterConfig
 from gradmm.core.data import TEMPLATES, Example, Task, Template, deduplicate
 from gradmm.core.matching import class_targets, cosine_distance_to_target
@@ -112,6 +110,7 @@ def filter_rows(model, tokenizer, task: Task, rows: list[dict], cfg: FilterConfi
 def pool_classifier_predictions(task: Task, texts: list[str]) -> tuple[list[int], float]:
     """Labels of texts by a logistic regression on MiniLM sentence embeddings fitted to the pool, and that
     classifier's accuracy on the dev split (a label checker that is itself checked; a variant of the study)."""
+    from sklearn.linear_model import LogisticRegression  # heavy: imported where used, not at every CLI start
 
     clf = LogisticRegression(max_iter=2000).fit(minilm_embeddings([ex.text for ex in task.pool]).numpy(),
                                                 [ex.label for ex in task.pool])

@@ -17,9 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import seaborn as sns
-from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
 
 from gradmm.experiments.classification import result_file
 from gradmm.io.records import read_json, read_jsonl
@@ -208,6 +205,9 @@ def _save(fig, path_png: str | Path):
 
 def plot_classification(df: pd.DataFrame, path_png: str | Path):
     """Bars: mean test accuracy per method, one hue per dataset, error bars = std over seeds; dots = seeds."""
+    import seaborn as sns  # heavy: imported where used, not at every CLI start
+    from matplotlib.figure import Figure
+
     data = df.assign(accuracy_pct=100 * df["accuracy"].astype(float))
     settings = list(dict.fromkeys(zip(data["model"], data["n_per_class"]))) or [(None, None)]
     width = max(6.0, 0.8 * data["method"].nunique() * max(1, data["dataset"].nunique()) + 2)
@@ -260,6 +260,10 @@ HEALTH_PANELS = [  # (title, columns drawn in it)
 
 def plot_generation_health(df: pd.DataFrame, path_png: str | Path, title: str | None = None):
     """Per outer iteration, mean over batches (band = std) per class: is the run matching and settling?"""
+    import seaborn as sns  # heavy: imported where used, not at every CLI start
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
     fig = Figure(figsize=(13, 6.5))
     axes = fig.subplots(2, 3).ravel()
     for ax, (name, cols) in zip(axes, HEALTH_PANELS):

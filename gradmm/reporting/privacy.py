@@ -4,7 +4,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure
 
 from gradmm.experiments.privacy import dp_sweep_leakage, dp_sweep_rows
 from gradmm.io.records import read_json
@@ -33,6 +32,8 @@ def dp_sweep_summary(sweep: pd.DataFrame) -> pd.DataFrame:
 
 def plot_dp_sweep(summary: pd.DataFrame, path_png):
     """Accuracy (mean ± std) and target SNR against ε, ε = ∞ drawn at the right edge."""
+    from matplotlib.figure import Figure  # heavy: imported where used, not at every CLI start
+
     fig = Figure(figsize=(10, 3.6))
     a1, a2 = fig.subplots(1, 2)
     for d, part in summary.groupby("dataset"):

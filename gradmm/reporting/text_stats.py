@@ -3,8 +3,6 @@
 from pathlib import Path
 
 import pandas as pd
-import seaborn as sns
-from matplotlib.figure import Figure
 
 from gradmm.experiments.text_stats import REFERENCES
 from gradmm.methods.registry import ordered_methods
@@ -26,6 +24,9 @@ def _order(methods) -> list[str]:
 
 def plot_perplexity(df: pd.DataFrame, path_png):
     """Boxen plots of the log-perplexity per method, one panel per (dataset, model), hue = the prefix."""
+    import seaborn as sns  # heavy: imported where used, not at every CLI start
+    from matplotlib.figure import Figure
+
     value_vars = [c for c in ("log_perplexity", "log_perplexity_conditioned") if c in df]
     long = df.melt(id_vars=["dataset", "model", "method"], value_vars=value_vars, var_name="prefix").dropna()
     long["prefix"] = long["prefix"].map({"log_perplexity": "none (BOS)", "log_perplexity_conditioned": "instruction"})
@@ -42,6 +43,9 @@ def plot_perplexity(df: pd.DataFrame, path_png):
 
 def plot_privacy(df: pd.DataFrame, path_png):
     """Per dataset: n-gram overlap with the pool and nearest-pool-text similarity, the set beside a real holdout."""
+    import seaborn as sns  # heavy: imported where used, not at every CLI start
+    from matplotlib.figure import Figure
+
     ngram = [c for c in df if c.startswith("ngram") and c.endswith("_synthetic")]
     datasets, order = list(dict.fromkeys(df["dataset"])), _order(df["method"])
     fig = Figure(figsize=(12, (0.45 * len(order) + 1.5) * len(datasets)))

@@ -4,8 +4,6 @@ notebooks/03_transfer.ipynb)."""
 from pathlib import Path
 
 import pandas as pd
-import seaborn as sns
-from matplotlib.figure import Figure
 
 from gradmm.config import TransferConfig
 from gradmm.io.records import read_json
@@ -92,6 +90,8 @@ def markdown(summ: pd.DataFrame) -> str:
 def plot(df: pd.DataFrame, path_png):
     """Test accuracy per method (mean, ± sd bars, every run as a dot): a row of panels per dataset, a column per
     target."""
+    import seaborn as sns  # heavy: imported where used, not at every CLI start
+    from matplotlib.figure import Figure
 
     datasets, targets = list(dict.fromkeys(df.dataset)), list(dict.fromkeys(df.target))
     order = ordered_methods(df.method.unique())

@@ -4,8 +4,6 @@ and MLflow runs (`gradmm study-report`, notebooks/04_variants.ipynb)."""
 from pathlib import Path
 
 import pandas as pd
-import seaborn as sns
-from scipy.stats import ttest_ind
 
 from gradmm.config import read_params
 from gradmm.io.records import read_json, read_jsonl, read_text_rows
@@ -93,6 +91,7 @@ def dev_pick(summ: "pd.DataFrame") -> str | None:
 
 def comparisons(df: "pd.DataFrame", references=("llm_zero_shot_gen", "gradmm_no_matching", "random_real")) -> "pd.DataFrame":
     """Per panel and GRADMM variant: the test-accuracy difference to each reference method and Welch's t-test p."""
+    from scipy.stats import ttest_ind  # heavy: imported where used, not at every CLI start
 
     rows = []
     for (d, n), panel in df.groupby(["dataset", "n_per_class"]):
@@ -163,6 +162,7 @@ def markdown(summ: "pd.DataFrame", health_df: "pd.DataFrame", comp: "pd.DataFram
 
 def plot(df: "pd.DataFrame", path_png: str | Path):
     import matplotlib
+    import seaborn as sns  # heavy: imported where used, not at every CLI start
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
