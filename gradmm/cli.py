@@ -9,6 +9,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from gradmm.commands import (
     cmd_baseline,
+    cmd_compare_results,
     cmd_diagnose,
     cmd_evaluate,
     cmd_filter,
@@ -194,6 +195,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--experiment", help="default: 01_classification, the experiment of notebook 01")
     p.add_argument("--project-root", default=".", help="the folder of mlflow.db and mlartifacts/")
     p.set_defaults(func=cmd_mlflow_import)
+
+    p = sub.add_parser("compare-results", help="a re-run's classification.csv against the committed one, run by run")
+    p.add_argument("committed", help="e.g. reports/tables/classification.csv")
+    p.add_argument("rerun", help="e.g. .quick/reports/tables/classification.csv (scripts/quick.sh)")
+    p.set_defaults(func=cmd_compare_results)
 
     p = sub.add_parser("runtimes", help="stage runtimes of a full-profile run (its times.tsv), per stage and dataset")
     p.add_argument("times", nargs="?", default="studies/full-profile/times.tsv")

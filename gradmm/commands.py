@@ -37,6 +37,7 @@ from gradmm.methods.generate import check_dp, generate
 from gradmm.methods.registry import BASELINES, GENERATORS, check_method, variant_overrides
 from gradmm.methods.trainsets import at_budget, check_experiment, evaluate_method, make_trainset
 from gradmm.reporting import transfer, variants
+from gradmm.reporting.classification import compare_tables
 from gradmm.reporting.privacy import attack_tables, membership_summary
 from gradmm.reporting.runtimes import read_stage_times, runtime_summary
 from gradmm.reporting.tracking import CLASSIFICATION_EXPERIMENT, DEFAULT_IMPORT_DIR, import_results, tracking_uri
@@ -279,6 +280,13 @@ def cmd_mlflow_import(args) -> None:
     print(f"mlflow-import: {c['added']} runs added, {c['skipped']} skipped as existing, {c['trainsets_missing']} "
           f"training sets missing (tag gradmm.trainset_missing){failed}, report run {'added' if c['report'] else 'kept'}"
           f" -> experiment {args.experiment!r} at {tracking_uri(args.project_root)}; browse them: make ui")
+
+
+def cmd_compare_results(args) -> None:
+    for path in (args.committed, args.rerun):
+        if not Path(path).is_file():
+            raise SystemExit(f"compare-results: no table at {path} (a classification.csv written by the report stage)")
+    print(compare_tables(args.committed, args.rerun)[1])
 
 
 def cmd_runtimes(args) -> None:

@@ -74,3 +74,20 @@ def test_docs_name_no_tracker_issues_or_spec_sections():
     pattern = re.compile(r"issue[ -]\d|§\s*\d", re.I)
     hits = [f"{doc.relative_to(ROOT)}: {m.group(0)!r}" for doc in DOCS for m in pattern.finditer(doc.read_text())]
     assert not hits, hits
+
+
+def test_pipeline_graph_in_the_docs_is_current():
+    """docs/pipeline.md is what `dvc dag --mermaid` gives for dvc.yaml now, collapsed to one node per stage."""
+    run = subprocess.run([sys.executable, str(ROOT / "scripts" / "pipeline_dag.py"), "--check"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+
+
+def test_pipeline_graph_collapses_instances():
+    spec = importlib.util.spec_from_file_location("pipeline_dag", ROOT / "scripts" / "pipeline_dag.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    mermaid = ('flowchart TD\n\tnode1["prepare@a"]\n\tnode2["prepare@b"]\n\tnode3["report"]\n'
+               "\tnode1-->node3\n\tnode2-->node3\n")
+    assert module.collapsed_mermaid(mermaid) == 'flowchart LR\n\tprepare["prepare (2)"]\n\treport["report"]\n' \
+                                               "\tprepare-->report"

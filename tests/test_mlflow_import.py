@@ -99,3 +99,26 @@ def test_cli_summary_and_bad_folder(results, capsys):
     assert main(["mlflow-import", str(project / "nowhere"), "--project-root", str(project)]) == 2
     err = capsys.readouterr().err
     assert "nowhere does not exist" in err and "Traceback" not in err
+
+
+def test_fine_tuning_loss_curves_and_real_duration(results):
+    """A result with `lr_runs` gives per-step train_loss (the dev-picked LR), one curve per LR of the grid, and a
+    run that spans the result's wall seconds."""
+    runs, project = results
+    path = runs / "tweets" / "results" / "random_real-n2-seed0.json"
+    result = json.loads(path.read_text())
+    result.update(best_lr=1e-4, wall_seconds=12.0, lr_runs=[
+        {"lr": 5e-5, "dev_accuracy": 0.5, "seconds": 4.0, "train_losses": [0.9, 0.8, 0.85]},
+        {"lr": 1e-4, "dev_accuracy": 0.7, "seconds": 6.0, "train_losses": [0.9, 0.6, 0.4]}])
+    path.write_text(json.dumps(result))
+    tracking.import_results(runs, project_root=project)
+    client, logged = _runs(project)
+    run = next(r for r in logged if r.data.tags.get("method") == "random_real")
+    history = {name: [(m.step, m.value) for m in sorted(client.get_metric_history(run.info.run_id, name),
+                                                        key=lambda m: m.step)]
+               for name in ("train_loss", "train_loss/lr_5e-05", "train_loss/lr_0.0001", "dev_accuracy/lr_5e-05")}
+    assert history["train_loss"] == [(0, 0.9), (1, 0.6), (2, 0.4)]  # the LR picked on dev
+    assert history["train_loss/lr_5e-05"] == [(0, 0.9), (1, 0.8), (2, 0.85)]
+    assert history["train_loss/lr_0.0001"] == history["train_loss"]
+    assert history["dev_accuracy/lr_5e-05"] == [(3, 0.5)]
+    assert run.info.end_time - run.info.start_time == 12_000

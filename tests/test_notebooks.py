@@ -159,3 +159,26 @@ def test_nbval_runs_the_notebook_with_tiny_parameters(tmp_path):
                          text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
     assert "passed" in out.stdout and (tmp_path / "reports" / "tables" / "classification.csv").is_file()
+
+
+@pytest.mark.e2e
+def test_committed_executed_notebook_matches_a_rerun(tmp_path):
+    """nbval on stored outputs: reports/executed/01_classification.ipynb, as `dvc repro report` committed it, re-run
+    by nbval in a copy of the committed quick results (runs/, params.yaml). Every text and table output must equal
+    the stored one, after tests/data/nbval_sanitize.cfg masks absolute paths (the venv, the MLflow store) and
+    tqdm's widget warning; nbval does not compare images. Fails when the committed notebook is not what the
+    current package makes of the committed results (re-run the report stage and commit)."""
+    import shutil
+
+    executed = ROOT / "reports" / "executed" / "01_classification.ipynb"
+    assert executed.is_file(), "the report stage's executed notebook is not committed"
+    shutil.copytree(ROOT / "runs", tmp_path / "runs")
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    shutil.copy(executed, tmp_path / executed.name)
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "--nbval", "-p", "no:cacheprovider",
+                          "--nbval-sanitize-with", str(ROOT / "tests" / "data" / "nbval_sanitize.cfg"),
+                          "--rootdir", str(tmp_path), executed.name], cwd=tmp_path, env=env, capture_output=True,
+                         text=True, timeout=900)
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
+    assert "passed" in out.stdout and "failed" not in out.stdout

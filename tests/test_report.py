@@ -272,3 +272,22 @@ def test_mlflow_failure_warns_and_returns_none(tmp_path, monkeypatch):
         warnings.simplefilter("always")
         assert tracking.log_result("01_classification", result, {}, project_root=tmp_path) is None
     assert any("MLflow logging" in str(w.message) for w in caught)
+
+
+def test_compare_tables_identical_differing_and_not_rerun(tmp_path):
+    """scripts/quick.sh's verdict: identical runs say so; a moved accuracy and a dataset not re-run are named."""
+    header = "dataset,model,method,n_per_class,seed,accuracy,wall_seconds\n"
+    committed = tmp_path / "committed.csv"
+    committed.write_text(header + "tweets,m,gradmm,5,0,0.58,40\ntweets,m,random_real,5,0,0.74,50\n"
+                         "rtpolarity,m,gradmm,5,0,0.55,41\n")
+    same = tmp_path / "same.csv"
+    same.write_text(header + "tweets,m,gradmm,5,0,0.58,39\ntweets,m,random_real,5,0,0.74,52\n"
+                    "rtpolarity,m,gradmm,5,0,0.55,40\n")
+    rows, text = report.compare_tables(committed, same)
+    assert text.endswith("Identical: all 3 accuracies equal the committed ones.")  # wall seconds are not compared
+    moved = tmp_path / "moved.csv"
+    moved.write_text(header + "tweets,m,gradmm,5,0,0.63,39\ntweets,m,random_real,5,0,0.74,52\n")
+    rows, text = report.compare_tables(committed, moved)
+    assert "1 of 2 accuracies differ" in text and "largest |Δ| 5.0 points" in text
+    assert "Not re-run: rtpolarity" in text
+    assert rows.set_index("method").loc["gradmm", "delta"] == pytest.approx(5.0)

@@ -7,7 +7,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]  # gradmm/io/paths.py -> the 
 REPORTS_DIR = PROJECT_ROOT / "reports"
 TABLES_DIR = REPORTS_DIR / "tables"
 FIGURES_DIR = REPORTS_DIR / "figures"
-RUNS_DIR = PROJECT_ROOT / "runs"  # pipeline outputs (git-ignored, DVC-tracked)
+RUNS_DIR = PROJECT_ROOT / "runs"  # the quick pipeline's outputs (DVC outputs with cache: false, committed)
 # The shared data directory of the project's own machines; users pass --data-dir or GRADMM_DATA_DIR.
 SHARED_DATA_DIR = PROJECT_ROOT.parent / "shared" / "data"
 

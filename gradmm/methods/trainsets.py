@@ -94,7 +94,9 @@ def evaluate_method(method: str, rows: list[dict], model, tokenizer, task: Task,
                   "finetuned": False}
     else:
         result = finetune_and_evaluate(model, tokenizer, train, task, finetune_cfg, seed, progress)
-        result.pop("runs", None)
+        # per LR of the grid: its loss curve and time, for the MLflow run's step metrics (prediction shares stay out)
+        result["lr_runs"] = [{"lr": r["lr"], "dev_accuracy": r["dev_accuracy"], "seconds": round(r["seconds"], 1),
+                              "train_losses": [round(x, 4) for x in r["train_losses"]]} for r in result.pop("runs")]
         result["finetuned"] = True
     result.update(method=method, seed=seed, wall_seconds=round(time.perf_counter() - start, 1))
     return result

@@ -112,6 +112,46 @@ def write_classification_table(df: pd.DataFrame, path_csv: str | Path) -> pd.Dat
     return table
 
 
+def compare_tables(committed_csv: str | Path, rerun_csv: str | Path) -> tuple[pd.DataFrame, str]:
+    """A re-run's classification.csv against the committed one: per run, both accuracies and the difference.
+
+    Returns (rows with committed/rerun accuracy in % and delta in points, a markdown report ending in a verdict).
+    Runs in only one of the two tables are listed with the other side empty. On the machine that made the
+    committed results the re-run is identical (same params and seed, same texts); elsewhere floating-point
+    order (BLAS kernels, thread count) can flip a token in a generated text and so move an accuracy.
+    """
+    keys = ["dataset", "model", "method", "n_per_class", "seed"]
+    a, b = (pd.read_csv(p)[keys + ["accuracy"]] for p in (committed_csv, rerun_csv))
+    skipped = sorted(set(a.dataset) - set(b.dataset))  # e.g. rtpolarity, without a data directory
+    a = a[a.dataset.isin(set(b.dataset))]
+    both = a.merge(b, on=keys, how="outer", suffixes=("_committed", "_rerun"), indicator=True)
+    rows = both.assign(committed=both.accuracy_committed * 100, rerun=both.accuracy_rerun * 100)
+    rows["delta"] = rows.rerun - rows.committed
+    rows = _sorted(rows[keys + ["committed", "rerun", "delta", "_merge"]], ["seed"])
+    same = rows[(rows._merge == "both")]
+    # an empty training set has no accuracy on either side: equal
+    equal = (same.delta.abs() < 1e-6) | (same.committed.isna() & same.rerun.isna())
+    lines = ["| dataset | method | n | seed | committed (%) | re-run (%) | Δ (points) |", "|---|---|---|---|---|---|---|"]
+    for r in rows.itertuples():
+        cell = [format_number(v, ".1f") for v in (r.committed, r.rerun, r.delta)]
+        lines.append(f"| {r.dataset} | {r.method} | {r.n_per_class} | {r.seed} | " + " | ".join(cell) + " |")
+    only = rows[rows._merge != "both"]
+    if equal.all() and only.empty:
+        verdict = f"Identical: all {len(same)} accuracies equal the committed ones."
+    else:
+        worst = same.delta.abs().max()
+        verdict = (f"{int((~equal).sum())} of {len(same)} accuracies differ from the committed ones (largest "
+                   f"|Δ| {format_number(worst, '.1f')} points)" + (f"; {len(only)} runs are in one table only"
+                                                                     if len(only) else "") +
+                   ". Same machine and code should give identical numbers; on another CPU or library build, "
+                   "floating-point order can change a generated token and so a set, and the quick runs (one seed, 5 "
+                   "texts per class) move by several points with such a change (their spread across seeds: "
+                   "reports/README.md, the quick profile).")
+    if skipped:
+        verdict += f" Not re-run: {', '.join(skipped)} (its committed numbers are not compared)."
+    return rows.drop(columns="_merge"), "\n".join(lines + ["", verdict])
+
+
 def summary_table(df: pd.DataFrame) -> pd.DataFrame:
     """Mean ± std (ddof=1; NaN for one seed) over seeds per (dataset, model, method, n_per_class).
 

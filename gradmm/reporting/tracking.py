@@ -30,6 +30,7 @@ import torch
 
 from gradmm import __version__
 from gradmm.config import as_dict, build, read_params, section_classes
+from gradmm.io.records import read_json
 from gradmm.methods.registry import GENERATORS, generator_of
 from gradmm.reporting import classification as report
 from gradmm.reporting.classification import health_figure_path
@@ -222,23 +223,47 @@ def _log_result(experiment, result, params, artifacts, tags, project_root) -> st
                 "method": str(result.get("method")), "model": str(result.get("model")),
                 "n_per_class": str(result.get("n_per_class")),
                 **{f"version.{k}": v for k, v in library_versions().items()}, **{k: str(v) for k, v in tags.items()}}
+    # the run spans the result's real duration (wall_seconds), ending when it is logged
+    now = get_current_time_millis()
+    start = now - int(1000 * float(result.get("wall_seconds") or 0))
     run = client.create_run(_experiment_id(client, experiment, project_root), run_name=run_name(result, hash_),
-                            tags=all_tags)
+                            tags=all_tags, start_time=start)
     run_id = run.info.run_id
     try:
-        now = get_current_time_millis()
-        client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in _metrics(result).items()],
-                         params=[Param(k, v) for k, v in flat.items()],
+        metrics = [Metric(k, v, now, 0) for k, v in _metrics(result).items()] + loss_curves(result, start)
+        for i in range(0, len(metrics), 1000):  # MLflow's batch limit
+            client.log_batch(run_id, metrics=metrics[i:i + 1000])
+        client.log_batch(run_id, params=[Param(k, v) for k, v in flat.items()],
                          tags=[RunTag("mlflow.note.content", _note(result))])
         for item in artifacts:
             path, folder = item if isinstance(item, tuple) else (item, None)
             if path and Path(path).is_file():
                 client.log_artifact(run_id, str(path), folder)
-        client.set_terminated(run_id)
+        client.set_terminated(run_id, end_time=now)
     except Exception:
         client.set_terminated(run_id, status="FAILED")
         raise
     return run_id
+
+
+def loss_curves(result: dict, start_ms: int) -> list:
+    """Step metrics from the result file's `lr_runs`: `train_loss` per fine-tuning step of the LR picked on dev,
+    `train_loss/lr_<lr>` for every LR of the grid, and `dev_accuracy/lr_<lr>`; timestamps spread over each LR's
+    own seconds. Results written before fine-tuning kept its curves have none."""
+    from mlflow.entities import Metric
+
+    path = result.get("result_file")
+    runs = read_json(path).get("lr_runs") if path and Path(path).is_file() else None
+    out, t0 = [], start_ms
+    for r in runs or []:
+        losses, span = r.get("train_losses") or [], int(1000 * float(r.get("seconds") or 0))
+        names = [f"train_loss/lr_{r['lr']:g}"] + (["train_loss"] if r["lr"] == result.get("best_lr") else [])
+        for step, loss in enumerate(losses):
+            stamp = t0 + span * step // max(len(losses), 1)
+            out += [Metric(name, float(loss), stamp, step) for name in names]
+        out.append(Metric(f"dev_accuracy/lr_{r['lr']:g}", float(r["dev_accuracy"]), t0 + span, len(losses)))
+        t0 += span
+    return out
 
 
 def _note(result: dict) -> str:
