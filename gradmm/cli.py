@@ -150,6 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_at_least(0), default=0)
     p.add_argument("--n-per-class", type=_at_least(1),
                    help="the budget n the set was made for (recorded in the result)")
+    p.add_argument("--mlflow-root", help="log the run live into the MLflow store in this folder (mlflow.db): loss "
+                   "per step, dev accuracy per LR, then the result, its params and training set (default: no logging)")
 
     p = stage("diagnose", "does the class target separate the classes? f of synthetic, real and random sets",
               cmd_diagnose, needs_out=False)

@@ -21,6 +21,7 @@ from gradmm.config import (
     StudyConfig,
     apply_profile,
     load_config,
+    read_params,
 )
 from gradmm.core import admm
 from gradmm.core.data import DATASETS, check_dataset_name, load_task, task_from_dir, write_task
@@ -32,7 +33,7 @@ from gradmm.experiments.transfer import run_target, settings
 from gradmm.experiments.variants import check_study, finetune_overrides, run_cell, screen_config
 from gradmm.io.paths import PROJECT_ROOT, cache_dir, data_dir
 from gradmm.io.records import check_writable, read_text_rows, write_json, write_jsonl
-from gradmm.methods import filtering, finetune
+from gradmm.methods import filtering, finetune, registry
 from gradmm.methods.generate import check_dp, generate
 from gradmm.methods.registry import BASELINES, GENERATORS, check_method, variant_overrides
 from gradmm.methods.trainsets import at_budget, check_experiment, evaluate_method, make_trainset
@@ -40,7 +41,13 @@ from gradmm.reporting import transfer, variants
 from gradmm.reporting.classification import compare_tables
 from gradmm.reporting.privacy import attack_tables, membership_summary
 from gradmm.reporting.runtimes import read_stage_times, runtime_summary
-from gradmm.reporting.tracking import CLASSIFICATION_EXPERIMENT, DEFAULT_IMPORT_DIR, import_results, tracking_uri
+from gradmm.reporting.tracking import (
+    CLASSIFICATION_EXPERIMENT,
+    DEFAULT_IMPORT_DIR,
+    LiveRun,
+    import_results,
+    tracking_uri,
+)
 
 
 def _data_model(args) -> tuple[DataConfig, ModelConfig]:
@@ -183,9 +190,23 @@ def cmd_finetune(args) -> dict:
     finetune.check_config(cfg)
     check_writable(Path(args.out))  # not found only after the training
     rows, task, model, tok = _rows_task_model(args, data_cfg, model_cfg, args.train, "training set")
-    result = evaluate_method(args.method, rows, model, tok, task, cfg, args.seed)
+    live = None
+    if args.mlflow_root and registry.get(args.method).finetuned:
+        live = LiveRun(CLASSIFICATION_EXPERIMENT, {"dataset": task.name, "model": model_cfg.name, "method": args.method,
+                                                   "n_per_class": exp.n_per_class, "seed": args.seed},
+                       read_params(args.params), args.mlflow_root)
+    try:
+        result = evaluate_method(args.method, rows, model, tok, task, cfg, args.seed,
+                                 log_metric=live.log_metric if live else None)
+    except BaseException:
+        if live:
+            live.fail()
+        raise
     result.update(dataset=task.name, model=model_cfg.name, n_per_class=exp.n_per_class, train_file=str(args.train))
     write_json(Path(args.out), result)
+    if live:
+        # the result key is the path below <runs>/ (runs/<dataset>/results/<file>), as the report's
+        live.finish(args.out, Path(args.out).resolve().parents[2], Path(args.mlflow_root) / "reports" / "figures")
     if result.get("empty_trainset"):
         print(f"{task.name} {args.method} seed {args.seed}: EMPTY training set, no accuracy (recorded in {args.out})")
         return result

@@ -47,6 +47,25 @@ def _run(cmd, cwd):
     return out.stdout
 
 
+def _check_mlflow_runs(project: Path) -> None:
+    """The finetune stage logged its runs live (loss per step); the report stage added the rest, none twice."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("01_classification")
+    runs = client.search_runs([exp.experiment_id])
+    results = [r for r in runs if r.data.tags.get("gradmm.kind") != "report"]
+    assert sorted(r.data.tags["method"] for r in results) == ["gradmm", "random_real", "zero_shot"]
+    assert len({r.data.tags["gradmm.result_key"] for r in results}) == 3
+    live = {r.data.tags["method"]: r for r in results if r.data.tags.get("gradmm.live") == "true"}
+    assert sorted(live) == ["gradmm", "random_real"]  # the fine-tuned ones; zero_shot was logged by the report
+    for run in live.values():
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "train_loss/lr_0.001")] == [0, 1]
+        assert len(client.get_metric_history(run.info.run_id, "train_loss")) == 2 and "accuracy" in run.data.metrics
+        assert "trainset" in [a.path for a in client.list_artifacts(run.info.run_id)]
+        assert run.info.status == "FINISHED" and run.info.end_time > run.info.start_time
+
+
 @pytest.mark.e2e
 def test_dvc_pipeline_runs_once_and_only_reruns_what_changed(tmp_path):
     for name in ("gradmm", "notebooks"):
@@ -71,6 +90,7 @@ def test_dvc_pipeline_runs_once_and_only_reruns_what_changed(tmp_path):
     assert "full_real" in membership and "random_real" in membership
     assert "gradmm_joint" in (tmp_path / "reports/tables/transfer.csv").read_text()
     assert not (tmp_path / "runs" / "study").exists()  # the quick job's `runs` dependency holds no study cell
+    _check_mlflow_runs(tmp_path)
     assert "up to date" in _run(["dvc", "repro"], tmp_path)
 
     params = yaml.safe_load((tmp_path / "params.yaml").read_text())

@@ -130,8 +130,10 @@ def _trainable_copy(base_model, cfg: FinetuneConfig):
 
 
 def train_copy(base_model, tokenizer, train: list[Example], template: Template, cfg: FinetuneConfig, lr: float,
-               seed: int, progress: bool = True):
-    """Fine-tune a fresh copy of base_model; return (model in eval mode, per-step training losses)."""
+               seed: int, progress: bool = True, on_step=None):
+    """Fine-tune a fresh copy of base_model; return (model in eval mode, per-step training losses).
+
+    on_step(step, loss), if given, is called after every optimiser step (live tracking)."""
     check_config(cfg)
     if not train:
         raise ValueError("the training set is empty: nothing to fine-tune on")
@@ -156,6 +158,8 @@ def train_copy(base_model, tokenizer, train: list[Example], template: Template, 
         sched.step()
         losses.append(loss.item())
         bar.set_postfix(loss=f"{losses[-1]:.3f}")
+        if on_step is not None:
+            on_step(len(losses) - 1, losses[-1])
     del opt, sched, params
     model.eval()
     model.requires_grad_(False)
@@ -170,11 +174,13 @@ def _evaluate(model, tokenizer, rows: list[Example], template: Template, cfg: Fi
 
 
 def finetune_and_evaluate(base_model, tokenizer, train: list[Example], task, cfg: FinetuneConfig, seed: int,
-                          progress: bool = True) -> dict:
+                          progress: bool = True, log_metric=None) -> dict:
     """Train one copy per LR, keep the LR with the best dev accuracy, report that model's test accuracy.
 
-    `base_model` is never modified. Returns a JSON-ready dict (see the keys at the end).
+    `base_model` is never modified. Returns a JSON-ready dict (see the keys at the end). log_metric(name, value,
+    step), if given, receives each LR's loss per step (`train_loss/lr_<lr>`) and dev accuracy as they come.
     """
+    log_metric = log_metric or (lambda name, value, step: None)
     check_config(cfg)
     start = time.perf_counter()
     first_label_ids(tokenizer, task.template)  # label words of one token each, before any training
@@ -184,8 +190,10 @@ def finetune_and_evaluate(base_model, tokenizer, train: list[Example], task, cfg
     runs, best, best_model = [], None, None
     for lr in sorted(cfg.learning_rates):  # ascending: a tie keeps the smaller LR (strict > below)
         t0 = time.perf_counter()
-        model, losses = train_copy(base_model, tokenizer, train, task.template, cfg, lr, seed, progress)
+        model, losses = train_copy(base_model, tokenizer, train, task.template, cfg, lr, seed, progress,
+                                   on_step=lambda step, loss, lr=lr: log_metric(f"train_loss/lr_{lr:g}", loss, step))
         dev_acc, dev_preds = _evaluate(model, tokenizer, task.dev, task.template, cfg, progress, f"dev lr={lr:g}")
+        log_metric(f"dev_accuracy/lr_{lr:g}", dev_acc, len(losses))
         runs.append({"lr": lr, "dev_accuracy": dev_acc,
                      "dev_prediction_shares": prediction_shares(dev_preds, task.n_classes),
                      "train_loss_first": losses[0], "train_loss_last": losses[-1], "train_losses": losses,

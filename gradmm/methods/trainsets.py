@@ -74,8 +74,10 @@ def make_trainset(method: str, model, tokenizer, task: Task, experiment: Experim
 
 
 def evaluate_method(method: str, rows: list[dict], model, tokenizer, task: Task, finetune_cfg, seed: int,
-                    progress: bool = True) -> dict:
-    """Test accuracy of a method: in-context for zero/few-shot, else fine-tuning with the LR picked on dev."""
+                    progress: bool = True, log_metric=None) -> dict:
+    """Test accuracy of a method: in-context for zero/few-shot, else fine-tuning with the LR picked on dev.
+
+    log_metric(name, value, step): live fine-tuning metrics (finetune.finetune_and_evaluate)."""
     start = time.perf_counter()
     train = [Example(r["text"], int(r["label"])) for r in rows]
     finetuned = registry.get(method).finetuned
@@ -93,7 +95,7 @@ def evaluate_method(method: str, rows: list[dict], model, tokenizer, task: Task,
                   "test_prediction_shares": prediction_shares(preds, task.n_classes), "n_train": len(train),
                   "finetuned": False}
     else:
-        result = finetune_and_evaluate(model, tokenizer, train, task, finetune_cfg, seed, progress)
+        result = finetune_and_evaluate(model, tokenizer, train, task, finetune_cfg, seed, progress, log_metric)
         # per LR of the grid: its loss curve and time, for the MLflow run's step metrics (prediction shares stay out)
         result["lr_runs"] = [{"lr": r["lr"], "dev_accuracy": r["dev_accuracy"], "seconds": round(r["seconds"], 1),
                               "train_losses": [round(x, 4) for x in r["train_losses"]]} for r in result.pop("runs")]

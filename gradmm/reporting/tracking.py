@@ -210,60 +210,137 @@ def _client(uri: str):
     return MlflowClient(tracking_uri=uri)
 
 
-def _log_result(experiment, result, params, artifacts, tags, project_root) -> str:
-    from mlflow.entities import Metric, Param, RunTag
-    from mlflow.utils.time import get_current_time_millis
-
-    client = _client(tracking_uri(project_root))
-    flat = flatten(params)
+def _start_run(client, experiment: str, result: dict, flat: dict, tags: dict, project_root, start_ms: int) -> str:
     hash_ = params_hash(flat)
     all_tags = {"git_commit": git_commit(project_root), "params_hash": hash_,
-                "device": tags.get("device") or device_name(str((params.get("model") or {}).get("device", "auto"))),
+                "device": tags.get("device") or device_name(str(flat.get("model.device", "auto"))),
                 "seed": str(result.get("seed")), "dataset": str(result.get("dataset")),
                 "method": str(result.get("method")), "model": str(result.get("model")),
                 "n_per_class": str(result.get("n_per_class")),
                 **{f"version.{k}": v for k, v in library_versions().items()}, **{k: str(v) for k, v in tags.items()}}
-    # the run spans the result's real duration (wall_seconds), ending when it is logged
-    now = get_current_time_millis()
-    start = now - int(1000 * float(result.get("wall_seconds") or 0))
-    run = client.create_run(_experiment_id(client, experiment, project_root), run_name=run_name(result, hash_),
-                            tags=all_tags, start_time=start)
-    run_id = run.info.run_id
+    return client.create_run(_experiment_id(client, experiment, project_root), run_name=run_name(result, hash_),
+                             tags=all_tags, start_time=start_ms).info.run_id
+
+
+def _complete_run(client, run_id: str, result: dict, flat: dict | None, artifacts, tags: dict, start_ms: int,
+                  curves: str = "all", end_ms: int | None = None) -> None:
+    """Final metrics, the loss curves (`curves`: "all" or "best", see loss_curves), params, tags and artifacts;
+    then the run ends at end_ms (default: now)."""
+    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.utils.time import get_current_time_millis
+
+    now = end_ms or get_current_time_millis()
+    metrics = [Metric(k, v, now, 0) for k, v in _metrics(result).items()] + loss_curves(result, start_ms, curves)
+    for i in range(0, len(metrics), 1000):  # MLflow's batch limit
+        client.log_batch(run_id, metrics=metrics[i:i + 1000])
+    client.log_batch(run_id, params=[Param(k, v) for k, v in (flat or {}).items()],
+                     tags=[RunTag("mlflow.note.content", _note(result))] + [RunTag(k, str(v)) for k, v in tags.items()])
+    for item in artifacts:
+        path, folder = item if isinstance(item, tuple) else (item, None)
+        if path and Path(path).is_file():
+            client.log_artifact(run_id, str(path), folder)
+    client.set_terminated(run_id, end_time=now)
+
+
+def _log_result(experiment, result, params, artifacts, tags, project_root) -> str:
+    from mlflow.utils.time import get_current_time_millis
+
+    client = _client(tracking_uri(project_root))
+    flat = flatten(params)
+    # logged after the fact: the run spans the result's real duration (wall_seconds), ending now
+    end = get_current_time_millis()
+    start = end - int(1000 * float(result.get("wall_seconds") or 0))
+    run_id = _start_run(client, experiment, result, flat, tags, project_root, start)
     try:
-        metrics = [Metric(k, v, now, 0) for k, v in _metrics(result).items()] + loss_curves(result, start)
-        for i in range(0, len(metrics), 1000):  # MLflow's batch limit
-            client.log_batch(run_id, metrics=metrics[i:i + 1000])
-        client.log_batch(run_id, params=[Param(k, v) for k, v in flat.items()],
-                         tags=[RunTag("mlflow.note.content", _note(result))])
-        for item in artifacts:
-            path, folder = item if isinstance(item, tuple) else (item, None)
-            if path and Path(path).is_file():
-                client.log_artifact(run_id, str(path), folder)
-        client.set_terminated(run_id, end_time=now)
+        _complete_run(client, run_id, result, flat, artifacts, {}, start, end_ms=end)
     except Exception:
         client.set_terminated(run_id, status="FAILED")
         raise
     return run_id
 
 
-def loss_curves(result: dict, start_ms: int) -> list:
-    """Step metrics from the result file's `lr_runs`: `train_loss` per fine-tuning step of the LR picked on dev,
-    `train_loss/lr_<lr>` for every LR of the grid, and `dev_accuracy/lr_<lr>`; timestamps spread over each LR's
-    own seconds. Results written before fine-tuning kept its curves have none."""
+class LiveRun:
+    """An MLflow run open while one result is made (`gradmm finetune --mlflow-root`): `log_metric` sends the
+    fine-tuning loss per step and each LR's dev accuracy as they come; `finish` adds what the result file holds
+    (final metrics, params, the training set and raw texts, its result key, so the report and mlflow-import
+    do not log it again); `fail` ends it FAILED. MLflow errors warn once and turn it into a no-op: the result
+    files never depend on the tracking store."""
+
+    def __init__(self, experiment: str, result: dict, params: dict, project_root: str | Path = "."):
+        from mlflow.utils.time import get_current_time_millis
+
+        self.experiment, self.result, self.project_root = experiment, dict(result), project_root
+        self.params = params
+        self.start = get_current_time_millis()
+        self.run_id = None
+        self._guard(self._open)
+
+    def _guard(self, fn, *args):
+        if self.run_id is None and fn != self._open:
+            return None
+        try:
+            with quiet():
+                return fn(*args)
+        except Exception as err:  # noqa: BLE001 - live tracking must never fail the run that makes the result
+            warnings.warn(f"MLflow live logging stopped ({type(err).__name__}: {err}); the result file is "
+                          "unaffected (gradmm mlflow-import can log it later)", RuntimeWarning, stacklevel=3)
+            self.run_id = None
+
+    def _open(self):
+        r = self.result
+        flat = flatten(relevant_params(self.params, r["method"], r.get("dataset"), r.get("model"),
+                                       r.get("n_per_class")))
+        self.client = _client(tracking_uri(self.project_root))
+        self.flat = flat
+        self.run_id = _start_run(self.client, self.experiment, r, flat, {"gradmm.live": "true"}, self.project_root,
+                                 self.start)
+        from mlflow.entities import Param
+
+        self.client.log_batch(self.run_id, params=[Param(k, v) for k, v in flat.items()])
+
+    def log_metric(self, name: str, value: float, step: int) -> None:
+        from mlflow.utils.time import get_current_time_millis
+
+        self._guard(lambda: self.client.log_metric(self.run_id, name, float(value), get_current_time_millis(), step))
+
+    def finish(self, result_file: str | Path, runs_dir: str | Path, figures_dir: str | Path = "reports/figures"):
+        """Complete the run from the written result file; returns the run id (None if tracking failed)."""
+        def complete():
+            row = {k: v for k, v in report.result_row(Path(result_file)).items() if not _missing(v)}
+            _, artifacts, tags = _row_run(row, self.params, runs_dir, figures_dir, self.project_root)
+            _complete_run(self.client, self.run_id, row, None, artifacts, tags, self.start, curves="best")
+            return self.run_id
+        return self._guard(complete)
+
+    def fail(self) -> None:
+        self._guard(lambda: self.client.set_terminated(self.run_id, status="FAILED"))
+
+
+def loss_curves(result: dict, start_ms: int, curves: str = "all") -> list:
+    """Step metrics from the result file's `lr_runs`: `train_loss` per fine-tuning step of the LR picked on dev and,
+    with curves="all", `train_loss/lr_<lr>` and `dev_accuracy/lr_<lr>` for every LR of the grid ("best": a live
+    run logged those as they came); timestamps spread over each LR's own seconds. Results written before
+    fine-tuning kept its curves have none."""
     from mlflow.entities import Metric
 
     path = result.get("result_file")
-    runs = read_json(path).get("lr_runs") if path and Path(path).is_file() else None
+    runs = read_json(Path(path)).get("lr_runs") if path and Path(path).is_file() else None
     out, t0 = [], start_ms
     for r in runs or []:
         losses, span = r.get("train_losses") or [], int(1000 * float(r.get("seconds") or 0))
-        names = [f"train_loss/lr_{r['lr']:g}"] + (["train_loss"] if r["lr"] == result.get("best_lr") else [])
+        names = ([f"train_loss/lr_{r['lr']:g}"] if curves == "all" else []) + (
+            ["train_loss"] if r["lr"] == result.get("best_lr") else [])
         for step, loss in enumerate(losses):
             stamp = t0 + span * step // max(len(losses), 1)
             out += [Metric(name, float(loss), stamp, step) for name in names]
-        out.append(Metric(f"dev_accuracy/lr_{r['lr']:g}", float(r["dev_accuracy"]), t0 + span, len(losses)))
+        if curves == "all":
+            out.append(Metric(f"dev_accuracy/lr_{r['lr']:g}", float(r["dev_accuracy"]), t0 + span, len(losses)))
         t0 += span
     return out
+
+
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and value != value)
 
 
 def _note(result: dict) -> str:
@@ -323,16 +400,26 @@ def _rows(df) -> list[dict]:
 
 def log_results(df, experiment: str, params: dict, project_root: str | Path = ".", runs_dir: str | Path = "runs",
                 figures=(), figures_dir: str | Path = "reports/figures", tags: dict | None = None) -> list[str]:
-    """log_result for every row of a results table (artifacts: see _row_run); the report files shared by all
-    rows (`figures`: tables, figures) go once into one report run (log_report), not into each run."""
+    """log_result for every row of a results table (artifacts: see _row_run) not in the store yet (its result key:
+    a run logged live by `gradmm finetune`, or by an earlier report of the same results); the report files shared
+    by all rows (`figures`: tables, figures) go once into one report run (log_report), not into each run.
+    Returns the run id of every row in the store (new or found)."""
+    try:
+        with quiet():
+            logged = _logged_keys(_client(tracking_uri(project_root)), experiment)
+    except Exception:  # noqa: BLE001 - log_result below warns if the store is unusable
+        logged = {}
     run_ids = []
     for row in _rows(df):
         p, artifacts, row_tags = _row_run(row, params, runs_dir, figures_dir, project_root)
-        run_id = log_result(experiment, row, p, artifacts, {**(tags or {}), **row_tags}, project_root)
+        run_id = logged.get(row_tags.get(RESULT_KEY_TAG)) or log_result(
+            experiment, row, p, artifacts, {**(tags or {}), **row_tags}, project_root)
         if run_id:
             run_ids.append(run_id)
-    if figures:
-        log_report(experiment, figures, tags, project_root)
+    files = [Path(f) for f in figures if Path(f).is_file()]
+    report_key = hashlib.sha256(b"".join(f.read_bytes() for f in files)).hexdigest()[:16]
+    if files and report_key not in logged:
+        log_report(experiment, files, {**(tags or {}), RESULT_KEY_TAG: report_key}, project_root)
     return run_ids
 
 
@@ -379,15 +466,16 @@ def sqlite_without_fsync():
         event.remove(Engine, "connect", no_fsync)
 
 
-def _logged_keys(client, experiment: str) -> set[str]:
+def _logged_keys(client, experiment: str) -> dict[str, str]:
+    """Result key -> run id of every run of the experiment that holds one."""
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
-        return set()
-    keys, token = set(), None
+        return {}
+    keys, token = {}, None
     while True:
         page = client.search_runs([exp.experiment_id], filter_string=f"tags.`{RESULT_KEY_TAG}` LIKE '%'",
                                   max_results=1000, page_token=token)
-        keys.update(r.data.tags[RESULT_KEY_TAG] for r in page)
+        keys.update((r.data.tags[RESULT_KEY_TAG], r.info.run_id) for r in page)
         token = page.token
         if not token:
             return keys
