@@ -42,7 +42,7 @@ PROBE = "minilm"  # the transfer study's non-causal target: a logistic-regressio
 class ModelConfig:
     name: str = "smollm2-135m"  # an OFFLINE_MODELS name, a local folder, or a hub id (internet)
     device: str = "auto"  # auto = CUDA when present
-    dtype: str = "float32"  # bfloat16 on GPUs only
+    dtype: str = "float32"  # float32 | bfloat16 (GPU, or a CPU with amx_bf16/avx512_bf16) | auto
 
 
 @dataclass

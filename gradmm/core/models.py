@@ -155,14 +155,52 @@ def tiny_random_model(vocab_size: int, untied: bool = False, seed: int = 0, gemm
     return LlamaForCausalLM(config)
 
 
+BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")  # CPU units that make bf16 matmuls faster than fp32
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (Linux /proc/cpuinfo; empty elsewhere)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def bf16_units(device: torch.device) -> str | None:
+    """What makes bf16 fast on this device (a GPU, or the CPU's matrix/vector units), or None."""
+    if device.type == "cuda":
+        return "cuda" if torch.cuda.is_bf16_supported() else None
+    found = [f for f in BF16_CPU_FLAGS if f in cpu_flags()]
+    return "+".join(found) or None
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> str:
+    """float32 | bfloat16 | auto (bfloat16 where the device has bf16 units, else float32), checked."""
+    if dtype not in (*DTYPES, "auto"):
+        raise ValueError(f"unknown dtype {dtype!r}: use one of {sorted(DTYPES) + ['auto']}")
+    units = bf16_units(device) if dtype != "float32" else None
+    if dtype == "bfloat16" and units is None:
+        raise ValueError(f"dtype 'bfloat16' on {device}: it has no bf16 units (the CPU lacks "
+                         f"{' and '.join(BF16_CPU_FLAGS)}), so bf16 would be slower than float32: use 'float32' "
+                         "or 'auto'")
+    if dtype == "auto":
+        dtype = "bfloat16" if units else "float32"
+        log.info("dtype auto on %s: %s", device, f"bfloat16 ({units})" if units else
+                 f"float32 (no bf16 units: the CPU lacks {' and '.join(BF16_CPU_FLAGS)})")
+    return dtype
+
+
 def load_model(name: str = "smollm2-135m", device: str = "auto", dtype: str = "float32"):
-    """Return (model, tokenizer) in eval mode on the resolved device."""
+    """Return (model, tokenizer) in eval mode on the resolved device.
+
+    dtype: float32 (what the committed results used), bfloat16 (frozen weights in bf16: GRADMM's X-step and
+    Z-step run on the bf16 units; fine-tuning keeps fp32 master weights, see finetune.train_copy) or auto."""
     check_model_name(name)
-    if dtype not in DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}: use one of {sorted(DTYPES)}")
     dev = resolve_device(device)
-    if dtype == "bfloat16" and dev.type != "cuda":
-        raise ValueError("dtype 'bfloat16' is for GPUs; use 'float32' on the CPU")
+    dtype = resolve_dtype(dtype, dev)
     start = time.perf_counter()
     tok = load_tokenizer(name)
     if name.startswith("tiny-random"):
@@ -172,7 +210,7 @@ def load_model(name: str = "smollm2-135m", device: str = "auto", dtype: str = "f
         model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype])
     model.to(device=dev, dtype=DTYPES[dtype]).eval()
     model.requires_grad_(False)  # GRADMM differentiates w.r.t. inputs, fine-tuning re-enables what it trains
-    log.info("loaded %s on %s in %.1fs", name, dev, time.perf_counter() - start)
+    log.info("loaded %s on %s (%s) in %.1fs", name, dev, dtype, time.perf_counter() - start)
     return model, tok
 
 
@@ -212,6 +250,8 @@ def last_hidden(model, inputs_embeds=None, input_ids=None, attention_mask=None) 
     ref = inputs_embeds if inputs_embeds is not None else input_ids
     if attention_mask is None:
         attention_mask = torch.ones(ref.shape[:2], dtype=torch.long, device=ref.device)
+    if inputs_embeds is not None:  # X is kept in fp32 (Adam's master copy); a bf16 model takes it in its dtype
+        inputs_embeds = inputs_embeds.to(model.dtype)
     out = model.base_model(input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
                            position_ids=position_ids(attention_mask), use_cache=False)
     return out.last_hidden_state[:, -1]

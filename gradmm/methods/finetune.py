@@ -21,6 +21,7 @@ Differences from the authors' script (`addax/run.py`, HF Trainer), and why:
   fp32, the train seed fixes the data order.
 """
 
+import contextlib
 import copy
 import gc
 import logging
@@ -129,10 +130,17 @@ def _trainable_copy(base_model, cfg: FinetuneConfig):
     return peft_model, peft_model.get_base_model()
 
 
+def bf16_autocast(bf16: bool, device: torch.device):
+    """Mixed precision for a model loaded in bf16: its fine-tuned copy keeps fp32 master weights (AdamW's updates
+    of ~lr·|w| would vanish in bf16's 8-bit mantissa) and computes forward passes in bf16 on the bf16 units."""
+    return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+
+
 def train_copy(base_model, tokenizer, train: list[Example], template: Template, cfg: FinetuneConfig, lr: float,
                seed: int, progress: bool = True, on_step=None):
     """Fine-tune a fresh copy of base_model; return (model in eval mode, per-step training losses).
 
+    A bf16 base model is trained in mixed precision (bf16_autocast); the returned copy is fp32.
     on_step(step, loss), if given, is called after every optimiser step (live tracking)."""
     check_config(cfg)
     if not train:
@@ -140,6 +148,9 @@ def train_copy(base_model, tokenizer, train: list[Example], template: Template, 
     label_ids = first_label_ids(tokenizer, template)
     torch.manual_seed(seed)  # LoRA initialisation and any dropout
     wrapper, model = _trainable_copy(base_model, cfg)
+    bf16 = base_model.dtype == torch.bfloat16
+    if bf16:
+        wrapper.float()
     params = [p for p in wrapper.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
     decay = (lambda s: 1 - s / cfg.steps) if cfg.schedule == "linear" else (lambda s: 1.0)
@@ -149,7 +160,8 @@ def train_copy(base_model, tokenizer, train: list[Example], template: Template, 
     bar = tqdm(batch_order(len(train), cfg.steps, cfg.batch_size, seed), desc=f"fine-tune lr={lr:g}",
                disable=not progress, leave=False)
     for batch in bar:
-        loss = classification_loss(model, tokenizer, [train[i] for i in batch], template, label_ids)
+        with bf16_autocast(bf16, base_model.device):
+            loss = classification_loss(model, tokenizer, [train[i] for i in batch], template, label_ids)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.max_grad_norm > 0:
@@ -167,9 +179,10 @@ def train_copy(base_model, tokenizer, train: list[Example], template: Template, 
 
 
 def _evaluate(model, tokenizer, rows: list[Example], template: Template, cfg: FinetuneConfig, progress: bool,
-              desc: str) -> tuple[float, torch.Tensor]:
-    preds = predict(model, tokenizer, [ex.text for ex in rows], template, batch_size=cfg.eval_batch_size,
-                    progress=progress, desc=desc)
+              desc: str, bf16: bool = False) -> tuple[float, torch.Tensor]:
+    with bf16_autocast(bf16, model.device):
+        preds = predict(model, tokenizer, [ex.text for ex in rows], template, batch_size=cfg.eval_batch_size,
+                        progress=progress, desc=desc)
     return accuracy(preds, rows), preds
 
 
@@ -181,6 +194,7 @@ def finetune_and_evaluate(base_model, tokenizer, train: list[Example], task, cfg
     step), if given, receives each LR's loss per step (`train_loss/lr_<lr>`) and dev accuracy as they come.
     """
     log_metric = log_metric or (lambda name, value, step: None)
+    bf16 = base_model.dtype == torch.bfloat16
     check_config(cfg)
     start = time.perf_counter()
     first_label_ids(tokenizer, task.template)  # label words of one token each, before any training
@@ -192,7 +206,8 @@ def finetune_and_evaluate(base_model, tokenizer, train: list[Example], task, cfg
         t0 = time.perf_counter()
         model, losses = train_copy(base_model, tokenizer, train, task.template, cfg, lr, seed, progress,
                                    on_step=lambda step, loss, lr=lr: log_metric(f"train_loss/lr_{lr:g}", loss, step))
-        dev_acc, dev_preds = _evaluate(model, tokenizer, task.dev, task.template, cfg, progress, f"dev lr={lr:g}")
+        dev_acc, dev_preds = _evaluate(model, tokenizer, task.dev, task.template, cfg, progress, f"dev lr={lr:g}",
+                                       bf16)
         log_metric(f"dev_accuracy/lr_{lr:g}", dev_acc, len(losses))
         runs.append({"lr": lr, "dev_accuracy": dev_acc,
                      "dev_prediction_shares": prediction_shares(dev_preds, task.n_classes),
@@ -207,7 +222,7 @@ def finetune_and_evaluate(base_model, tokenizer, train: list[Example], task, cfg
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
     test_acc, test_preds = _evaluate(best_model, tokenizer, task.test, task.template, cfg, progress,
-                                     f"test lr={best['lr']:g}")
+                                     f"test lr={best['lr']:g}", bf16)
     del best_model
     gc.collect()
     counts = Counter(ex.label for ex in train)
