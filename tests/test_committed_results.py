@@ -36,8 +36,12 @@ def test_dvc_status_is_clean_for_the_committed_results(status):
 
 
 def test_every_committed_stage_output_is_tracked_by_git():
-    """cache: false outputs live in git: a fresh clone has every file the lock's clean stages record."""
+    """cache: false outputs live in git: a fresh clone has every file the lock's clean stages record; the lock
+    holds no entry of a stage dvc.yaml no longer defines (a renamed matrix leaves them behind)."""
     lock = yaml.safe_load((ROOT / "dvc.lock").read_text())
+    stages = subprocess.run([str(DVC), "stage", "list", "--name-only"], cwd=ROOT, capture_output=True, text=True,
+                            check=True, timeout=300).stdout.split()
+    assert not set(lock["stages"]) - set(stages), f"stale dvc.lock entries: {sorted(set(lock['stages']) - set(stages))}"
     tracked = set(subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True,
                                  check=True).stdout.splitlines())
     missing = []
