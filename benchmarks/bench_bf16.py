@@ -5,7 +5,8 @@
 In one process, SmolLM2 loaded once per dtype, on the same starting batch X (fp32, random vocabulary rows):
   inner step  = one X-step gradient ∂f/∂X (the frozen model in bf16, X kept in fp32);
   Z-step      = the KV-cached projection of the same X;
-  outer iter  = one Z-step + `inner` X-steps + dual update through `run_batch` (a 3- minus a 2-iteration run);
+  outer iter  = one Z-step + `inner` X-steps + dual update through `run_batch` (a 4- minus a 1-iteration run,
+                over 3);
   fine-tune   = one AdamW step on 8 pool texts (bf16: fp32 master weights, bf16 autocast), from the difference
                 of a 6- and a 1-step `train_copy`;
 and the numerics: cosine of the bf16 and fp32 gradients at the same X, the share of free positions where the
@@ -62,9 +63,9 @@ def measure(dtype: str, args, task, X0: torch.Tensor | None) -> dict:
 
     def run_with(outer_steps):
         problem.cfg.outer_steps = outer_steps
-        return timed(lambda: run_batch(problem, args.batch, seed=0, progress=False), 1)
+        return timed(lambda: run_batch(problem, args.batch, seed=0, progress=False), 2)
 
-    out["outer"] = run_with(3) - run_with(2)
+    out["outer"] = (run_with(4) - run_with(1)) / 3
     train = task.pool[:8]
 
     def finetune(steps):
