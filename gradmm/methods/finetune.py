@@ -194,7 +194,6 @@ def finetune_and_evaluate(base_model, tokenizer, train: list[Example], task, cfg
     step), if given, receives each LR's loss per step (`train_loss/lr_<lr>`) and dev accuracy as they come.
     """
     log_metric = log_metric or (lambda name, value, step: None)
-    bf16 = base_model.dtype == torch.bfloat16
     check_config(cfg)
     start = time.perf_counter()
     first_label_ids(tokenizer, task.template)  # label words of one token each, before any training
@@ -202,6 +201,7 @@ def finetune_and_evaluate(base_model, tokenizer, train: list[Example], task, cfg
     if not task.dev or not task.test:
         raise ValueError(f"task {task.name!r} needs non-empty dev (model selection) and test (reporting) splits")
     runs, best, best_model = [], None, None
+    bf16 = base_model.dtype == torch.bfloat16
     for lr in sorted(cfg.learning_rates):  # ascending: a tie keeps the smaller LR (strict > below)
         t0 = time.perf_counter()
         model, losses = train_copy(base_model, tokenizer, train, task.template, cfg, lr, seed, progress,
