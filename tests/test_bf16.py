@@ -3,6 +3,7 @@ fp32 while the frozen model runs in bf16, fine-tuning with fp32 master weights. 
 these run the same on a CI machine with or without the units (bf16 arithmetic works everywhere, only slower)."""
 
 import logging
+import math
 
 import pytest
 import torch
@@ -88,6 +89,6 @@ def test_bf16_fine_tuning_trains_an_fp32_copy(with_units):
                                1e-3, seed=0, progress=False)
     assert next(model.parameters()).dtype == torch.float32  # the master weights
     assert all(torch.equal(before[k], v) for k, v in base.state_dict().items())  # the base model is untouched
-    assert base.dtype == torch.bfloat16 and len(losses) == 3 and all(loss == loss for loss in losses)
+    assert base.dtype == torch.bfloat16 and len(losses) == 3 and all(math.isfinite(loss) for loss in losses)
     moved = [k for k, v in model.state_dict().items() if not torch.equal(v.to(torch.bfloat16), before[k])]
     assert moved  # it trained
