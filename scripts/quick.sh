@@ -10,6 +10,11 @@ root="$PWD"
 export PATH="$root/.venv/bin:$PATH"
 scratch="$root/.quick"
 
+# the data directory as this checkout resolves it (../shared/data beside it, GRADMM_DATA_DIR or data.data_dir),
+# passed on: the copy's own ../shared would be another folder
+data=$(python -c "import yaml; from gradmm.io.paths import data_dir; \
+d = data_dir(yaml.safe_load(open('params.yaml'))['data'].get('data_dir')); print(d.resolve() if d else '')")
+
 rm -rf "$scratch" && mkdir -p "$scratch"
 # the project's code, params and pipeline, without the results the re-run makes (and without the environment)
 tar -C "$root" --exclude=./.git --exclude=./.venv --exclude=./.quick --exclude=./runs --exclude=./reports \
@@ -18,10 +23,8 @@ tar -C "$root" --exclude=./.git --exclude=./.venv --exclude=./.quick --exclude=.
 cd "$scratch"
 dvc config --local core.no_scm true  # a scratch copy, not a git repository of its own
 
-if python -c "import sys, yaml; from gradmm.io.paths import data_dir; \
-d = data_dir(yaml.safe_load(open('params.yaml'))['data'].get('data_dir')); \
-sys.exit(0 if d and (d / 'rtpolarity').is_dir() else 1)"; then
-  :
+if [ -n "$data" ] && [ -d "$data/rtpolarity" ]; then
+  export GRADMM_DATA_DIR="$data"
 else
   echo "quick.sh: no data directory with rtpolarity/ (set GRADMM_DATA_DIR): re-running on tweets only" >&2
   python -c "from ruamel.yaml import YAML; y = YAML(); p = y.load(open('params.yaml')); \
