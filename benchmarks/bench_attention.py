@@ -6,23 +6,12 @@ attention kernels.
 """
 
 import argparse
-import statistics
 import sys
-import time
 
 import torch
+from timing import emit, timed  # benchmarks/timing.py (run as a script, benchmarks/ is on sys.path)
 
 from gradmm.core.models import input_embeddings, last_hidden, load_model
-
-
-def timed(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main(argv=None) -> str:
@@ -58,9 +47,7 @@ def main(argv=None) -> str:
         attn_us = sum(e.self_cpu_time_total for e in prof.key_averages()
                       if "attention" in e.key or "softmax" in e.key or e.key == "aten::bmm")
         lines.append(f"| {dtype} | {attn} | {t_fb:.3f} | {t_f:.3f} | {attn_us / 1000:.0f} |")
-    table = "\n".join(lines)
-    print(table)
-    return table
+    return emit(lines)
 
 
 if __name__ == "__main__":

@@ -15,12 +15,11 @@ is 30 × (Z-step + 50 inner steps) for a batch of `batch` texts. Writes a markdo
 """
 
 import argparse
-import statistics
 import sys
-import time
 
 import torch
 import torch.nn.functional as F
+from timing import emit, timed  # benchmarks/timing.py (run as a script, benchmarks/ is on sys.path)
 
 from gradmm.config import DataConfig, FinetuneConfig, GenerateConfig
 from gradmm.core.admm import Layout, Problem, run_batch
@@ -30,16 +29,6 @@ from gradmm.core.models import bf16_units, input_embeddings, load_model
 from gradmm.core.projection import allowed_token_mask
 from gradmm.methods.finetune import train_copy
 from gradmm.methods.generate import decoding_prefix_ids
-
-
-def timed(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def measure(dtype: str, args, task, X0: torch.Tensor | None) -> dict:
@@ -114,12 +103,7 @@ def main(argv=None) -> str:
                    f"token at {100 * same:.1f} % of the free positions; fine-tuning loss after 6 steps fp32 "
                    f"{fp32['losses'][-1]:.4f}, bf16 {bf16['losses'][-1]:.4f} (first step {fp32['losses'][0]:.4f} / "
                    f"{bf16['losses'][0]:.4f}).")]
-    table = "\n".join(lines)
-    print(table)
-    if args.out:
-        with open(args.out, "a") as f:
-            f.write(table + "\n\n")
-    return table
+    return emit(lines, args.out)
 
 
 if __name__ == "__main__":

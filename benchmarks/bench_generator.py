@@ -14,12 +14,11 @@ and the peak resident memory of the process. Writes a markdown table (stdout, an
 
 import argparse
 import resource
-import statistics
 import sys
-import time
 
 import torch
 import torch.nn.functional as F
+from timing import emit, timed  # benchmarks/timing.py (run as a script, benchmarks/ is on sys.path)
 
 from gradmm.config import DataConfig, GenerateConfig
 from gradmm.core.admm import Layout, Problem, run_batch
@@ -27,16 +26,6 @@ from gradmm.core.data import load_task
 from gradmm.core.matching import class_targets, head_logits
 from gradmm.core.models import input_embeddings, last_hidden, load_model, output_head
 from gradmm.core.projection import allowed_token_mask, project_to_tokens_naive
-
-
-def timed(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main(argv=None) -> str:
@@ -128,12 +117,7 @@ def main(argv=None) -> str:
         speed = f"{ns / s:.1f}×" if ns == ns else ""
         lines.append(f"| {name} | {s:.3f} | {floor} | {'' if fs != fs else f'{fs:.3f}'} | {ratio} | {naive} | "
                      f"{'' if ns != ns else f'{ns:.3f}'} | {speed} |")
-    table = "\n".join(lines)
-    print(table)
-    if args.out:
-        with open(args.out, "a") as f:
-            f.write(table + "\n\n")
-    return table
+    return emit(lines, args.out)
 
 
 if __name__ == "__main__":
