@@ -9,7 +9,7 @@ import argparse
 import sys
 
 import torch
-from timing import emit, timed  # benchmarks/timing.py (run as a script, benchmarks/ is on sys.path)
+from harness import emit, timed  # benchmarks/harness.py (run as a script, benchmarks/ is on sys.path)
 
 from gradmm.core.models import input_embeddings, last_hidden, load_model
 

@@ -19,26 +19,22 @@ import sys
 
 import torch
 import torch.nn.functional as F
-from timing import emit, timed  # benchmarks/timing.py (run as a script, benchmarks/ is on sys.path)
+from harness import (  # benchmarks/harness.py (run as a script, benchmarks/ is on sys.path)
+    emit,
+    positive_class_problem,
+    timed,
+)
 
-from gradmm.config import DataConfig, FinetuneConfig, GenerateConfig
-from gradmm.core.admm import Layout, Problem, run_batch
+from gradmm.config import DataConfig, FinetuneConfig
+from gradmm.core.admm import run_batch
 from gradmm.core.data import load_task
-from gradmm.core.matching import class_targets
 from gradmm.core.models import bf16_units, input_embeddings, load_model
-from gradmm.core.projection import allowed_token_mask
 from gradmm.methods.finetune import train_copy
-from gradmm.methods.generate import decoding_prefix_ids
 
 
 def measure(dtype: str, args, task, X0: torch.Tensor | None) -> dict:
     model, tok = load_model(args.model, device="cpu", dtype=dtype)
-    target = class_targets(model, tok, task.pool, task.template)[1]
-    suffix = tok(task.template.suffix, add_special_tokens=False).input_ids
-    cfg = GenerateConfig(topk=args.topk, inner_steps=args.inner, outer_steps=1, init_candidates=1,
-                         batch_size=args.batch)
-    prefix = decoding_prefix_ids(tok, task, 1, cfg)
-    problem = Problem(model, target, Layout([], suffix, args.seq_len), prefix, allowed_token_mask(tok), cfg)
+    problem = positive_class_problem(model, tok, task, args)
     if X0 is None:  # the fp32 run draws the batch; the bf16 run starts from the very same fp32 tensor
         torch.manual_seed(0)
         emb = input_embeddings(model).float()

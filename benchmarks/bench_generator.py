@@ -18,14 +18,18 @@ import sys
 
 import torch
 import torch.nn.functional as F
-from timing import emit, timed  # benchmarks/timing.py (run as a script, benchmarks/ is on sys.path)
+from harness import (  # benchmarks/harness.py (run as a script, benchmarks/ is on sys.path)
+    emit,
+    positive_class_problem,
+    timed,
+)
 
-from gradmm.config import DataConfig, GenerateConfig
-from gradmm.core.admm import Layout, Problem, run_batch
+from gradmm.config import DataConfig
+from gradmm.core.admm import run_batch
 from gradmm.core.data import load_task
-from gradmm.core.matching import class_targets, head_logits
+from gradmm.core.matching import head_logits
 from gradmm.core.models import input_embeddings, last_hidden, load_model, output_head
-from gradmm.core.projection import allowed_token_mask, project_to_tokens_naive
+from gradmm.core.projection import project_to_tokens_naive
 
 
 def main(argv=None) -> str:
@@ -42,13 +46,8 @@ def main(argv=None) -> str:
 
     model, tok = load_model(args.model, device="cpu")
     task = load_task(DataConfig(dataset=args.dataset))
-    target = class_targets(model, tok, task.pool, task.template)[1]
-    suffix = tok(task.template.suffix, add_special_tokens=False).input_ids
-    cfg = GenerateConfig(topk=args.topk, inner_steps=args.inner, outer_steps=1, init_candidates=1,
-                         batch_size=args.batch)
-    from gradmm.methods.generate import decoding_prefix_ids
-    prefix = decoding_prefix_ids(tok, task, 1, cfg)
-    problem = Problem(model, target, Layout([], suffix, args.seq_len), prefix, allowed_token_mask(tok), cfg)
+    problem = positive_class_problem(model, tok, task, args)
+    target, suffix, prefix = problem.target, problem.layout.suffix_ids, problem.decoding_prefix
     torch.manual_seed(0)
     emb = input_embeddings(model)
     X = problem.freeze(emb[torch.randint(emb.shape[0], (args.batch, args.seq_len))].clone()).requires_grad_(True)
