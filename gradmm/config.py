@@ -92,6 +92,11 @@ class GenerateConfig:
     template: str = ""  # the template whose gradient is matched: a name in data.TEMPLATES; "" = the task's own
     joint: bool = False  # joint target: every batch holds all classes, matched against the whole pool's gradient
     init: str = "random"  # random (the paper) | lm: start from LM samples under the class instruction (a variant)
+    # How init lm keeps B of its init_candidates × B samples: batch = the best whole batch by f; rows = the B
+    # rows with the lowest set f (best batch first, then exact row exchanges while f falls): matching chooses
+    # the texts but never edits them
+    init_select: str = "batch"
+    init_top_p: float = 1.0  # nucleus sampling of the LM samples (1 = plain ancestral sampling)
     # Exact token swaps after ADMM (gradmm.core.swaps): each step applies the swap that lowers f(Z) most among
     # `swap_candidates` ranked by the first-order change of f, each token among the LM's `swap_next_topk` next
     # tokens at its position (fluency). 0 = none (the paper). With outer_steps 0 and init lm there is no ADMM:

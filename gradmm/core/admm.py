@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from gradmm.config import GenerateConfig
-from gradmm.core.matching import Target, head_logits, match_loss
+from gradmm.core.matching import SubsetMatchLoss, Target, head_logits, match_loss
 from gradmm.core.models import input_embeddings, last_hidden
 from gradmm.core.perplexity import log_perplexity
 from gradmm.core.projection import ORDERS, project_to_tokens
@@ -25,6 +25,7 @@ from gradmm.core.swaps import refine_by_swaps
 from gradmm.io.tensorfiles import load_tensors, save_tensors
 
 INITS = ("random", "lm")
+INIT_SELECTS = ("batch", "rows")
 
 
 def check_config(cfg: GenerateConfig, allowed_vocab: int | None = None) -> None:
@@ -46,6 +47,13 @@ def check_config(cfg: GenerateConfig, allowed_vocab: int | None = None) -> None:
         raise ValueError(f"generate.decoding_prefix {cfg.decoding_prefix!r}: use 'instruction' or 'none'")
     if cfg.init not in INITS:
         raise ValueError(f"generate.init {cfg.init!r}: use one of {INITS}")
+    if cfg.init_select not in INIT_SELECTS:
+        raise ValueError(f"generate.init_select {cfg.init_select!r}: use one of {INIT_SELECTS}")
+    if cfg.init_select == "rows" and (cfg.init != "lm" or cfg.joint):
+        raise ValueError("generate.init_select 'rows' chooses among one class's LM samples: it needs "
+                         "generate.init 'lm' and joint false")
+    if not 0 < cfg.init_top_p <= 1:
+        raise ValueError(f"generate.init_top_p must be in (0, 1], got {cfg.init_top_p}")
     if cfg.rho_growth < 1.0:
         raise ValueError(f"generate.rho_growth must be ≥ 1 (a shrinking ρ never reaches consensus), got {cfg.rho_growth}")
     if cfg.lr <= 0 or cfg.grad_clip <= 0:
@@ -144,7 +152,7 @@ class Problem:
             for rows, prefix in self.groups(batch_size):
                 ctx = torch.tensor(prefix + self.layout.prefix_ids, device=dev)[None].expand(len(rows), -1)
                 out = self.model.generate(input_ids=ctx, attention_mask=torch.ones_like(ctx), do_sample=True,
-                                          temperature=1.0, top_k=0, top_p=1.0, min_new_tokens=n_free,
+                                          temperature=1.0, top_k=0, top_p=self.cfg.init_top_p, min_new_tokens=n_free,
                                           max_new_tokens=n_free, suppress_tokens=banned,
                                           pad_token_id=0)  # never used: every row runs to n_free tokens
                 ids[rows.to(dev), free] = out[:, ctx.shape[1]:]
@@ -185,17 +193,20 @@ def initialise(problem: Problem, batch_size: int, generator: torch.Generator) ->
     here candidates are rescaled first, so the batch kept is the one that scored best at the scale it starts
     from. The norm defaults to the model's own embedding norm (the paper's 1.4 was tuned for Phi-1.5;
     SmolLM2's median is 3.1).
-    init="lm": the embeddings of LM samples under the class instruction (GRADMM refining LM text, a variant).
+    init="lm": the embeddings of LM samples under the class instruction (GRADMM refining LM text, a variant);
+    with init_select="rows", the B of all sampled rows whose set matches best (`select_rows`).
     Returns (X, the token ids of the kept LM batch; None for init="random").
     """
     cfg = problem.cfg
     norm = cfg.init_norm or median_embedding_norm(problem.model)
     best, best_ids, best_loss = None, None, math.inf
     L, d = problem.layout.seq_len, problem.emb.shape[1]
-    for _ in range(cfg.init_candidates):
+    sampled, best_k = [], 0
+    for k in range(cfg.init_candidates):
         if cfg.init == "lm":
             seed = int(torch.randint(2**31 - 1, (1,), generator=generator))
             ids = problem.sample_ids(batch_size, seed)
+            sampled.append(ids)
             X = problem.freeze(problem.emb[ids])
         else:
             ids = None
@@ -203,8 +214,32 @@ def initialise(problem: Problem, batch_size: int, generator: torch.Generator) ->
             X = problem.freeze(X / X.norm(dim=-1, keepdim=True) * norm)
         loss = problem.f(X).item() if cfg.matching_weight else 0.0
         if loss < best_loss:
-            best, best_ids, best_loss = X, ids, loss
+            best, best_ids, best_loss, best_k = X, ids, loss, k
+    if cfg.init_select == "rows" and cfg.matching_weight:
+        best_ids = select_rows(problem, torch.cat(sampled), start=best_k)
+        best = problem.freeze(problem.emb[best_ids])
     return best, best_ids
+
+
+def select_rows(problem: Problem, ids: torch.Tensor, start: int, max_exchanges: int = 200) -> torch.Tensor:
+    """B of the N = k·B candidate rows `ids` (k batches of B, stacked), chosen to lower the set's matching loss:
+    from batch `start` (the best whole batch), apply the best exchange of a kept row for a candidate row while it
+    lowers f (every f exact, from Gram matrices: one forward for all N rows). Returns the kept rows' ids."""
+    h = last_hidden(problem.model, input_ids=ids)
+    set_f = SubsetMatchLoss(h, head_logits(problem.model, h), problem.y, problem.target)
+    N, B = ids.shape[0], ids.shape[0] // problem.cfg.init_candidates
+    kept = list(range(start * B, (start + 1) * B))
+    f = set_f(torch.tensor(kept))
+    for _ in range(max_exchanges):
+        out = [c for c in range(N) if c not in kept]
+        trials = [(i, c) for i in range(B) for c in out]
+        losses = torch.stack([set_f(torch.tensor(kept[:i] + [c] + kept[i + 1:])) for i, c in trials])
+        best = int(losses.argmin())
+        if losses[best] >= f:
+            break
+        i, c = trials[best]
+        kept[i], f = c, losses[best]
+    return ids[torch.tensor(kept, device=ids.device)]
 
 
 def save_checkpoint(path: Path, X, Lam, Z_ids, opt, rho, t, best, history) -> None:

@@ -151,6 +151,26 @@ def match_loss_r(h: Tensor, r: Tensor, target: Target, per_sample: bool = False)
     return loss
 
 
+class SubsetMatchLoss:
+    """`match_loss` of any B rows out of N candidates (h (N, d), logits (N, V)), from (N, N) Grams built once:
+    choosing which candidate texts form a batch costs no further forward and no V-sized product."""
+
+    def __init__(self, h: Tensor, logits: Tensor, y: int | Tensor, target: Target):
+        r = residuals(logits, y)
+        self.dot_W, self.dot_b = _dots(h, r, target)
+        h, r = _centred(h, target.center).to(GRAM_DTYPE), r.to(GRAM_DTYPE)
+        self.RR = r @ r.T
+        self.K = self.RR * (h @ h.T)
+        self.target = target
+
+    def __call__(self, rows: Tensor) -> Tensor:
+        B, t = len(rows), self.target
+        loss = 1 - _cos(self.dot_W[rows].mean(), self.K[rows][:, rows].sum() / B**2, t.sq_norm_W)
+        if t.has_bias:  # ‖mean r‖² = Σ_{i,i'} r_iᵀ r_i' / B²
+            loss = (loss + 1 - _cos(self.dot_b[rows].mean(), self.RR[rows][:, rows].sum() / B**2, t.sq_norm_b)) / 2
+        return loss
+
+
 def match_loss(h: Tensor, logits: Tensor, y: int | Tensor, target: Target, per_sample: bool = False) -> Tensor:
     """The official distance f = mean over τ ∈ {W, b (if the head has one)} of 1 − cos(G*_τ, g_τ) (the authors').
 

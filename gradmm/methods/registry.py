@@ -96,6 +96,14 @@ GENERATORS = {
                                  "swap_steps": 40, "swap_candidates": 48, "swap_next_topk": 40}},
     # gradmm_swap's starting point, the swaps off: what the swaps add is the difference (same seeds, same texts)
     "gradmm_swap_start": {"generate": {"init": "lm", "center": True, "outer_steps": 0, "init_candidates": 4}},
+    # Matching chooses, never edits: the same 4 LM batches as gradmm_swap_start (same seeds), but the B of their
+    # 4·B rows whose set matches the centred target best (exact row exchanges from the best batch): readable
+    # by construction; whether a closer match makes better training data is the difference to gradmm_swap_start
+    "gradmm_select": {"generate": {"init": "lm", "center": True, "outer_steps": 0, "init_candidates": 4,
+                                   "init_select": "rows"}},
+    # gradmm_select over nucleus samples (top-p 0.9, Holtzman et al. 2020): more fluent candidates to choose from
+    "gradmm_select_nucleus": {"generate": {"init": "lm", "center": True, "outer_steps": 0, "init_candidates": 4,
+                                           "init_select": "rows", "init_top_p": 0.9}},
 }
 
 METHODS = {**BASELINES,

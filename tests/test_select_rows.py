@@ -1,0 +1,89 @@
+"""Matching chooses LM texts without editing them (gradmm_select): the Gram-matrix loss of any subset of rows equals
+`match_loss` of those rows, the row exchanges lower f from the best whole batch, and the variant's candidates are
+gradmm_swap_start's, so its f is never worse."""
+
+import pytest
+import torch
+
+from gradmm.config import DPConfig, GenerateConfig, ModelConfig
+from gradmm.core.admm import Layout, Problem, check_config, initialise, select_rows
+from gradmm.core.matching import SubsetMatchLoss, class_targets, head_logits, match_loss
+from gradmm.core.models import last_hidden
+from gradmm.core.projection import allowed_token_mask
+from gradmm.methods.generate import generate
+from gradmm.methods.registry import GENERATORS
+
+TINY = ModelConfig(name="tiny-random", device="cpu")
+
+
+def _problem(model_tok, toy_task, center=None, **kw):
+    model, tok = model_tok
+    target = class_targets(model, tok, toy_task.pool, toy_task.template, center=center)[1]
+    layout = Layout(tok("Text:", add_special_tokens=False).input_ids, tok(" It was", add_special_tokens=False).input_ids, 10)
+    cfg = GenerateConfig(**{"topk": 20, "init": "lm", "outer_steps": 0, "init_candidates": 4, **kw})
+    return Problem(model, target, layout, tok("Write:", add_special_tokens=False).input_ids, allowed_token_mask(tok), cfg)
+
+
+@pytest.mark.parametrize("which", ["tiny", "tiny_untied"])
+@pytest.mark.parametrize("center", [None, "pool"])
+def test_subset_loss_equals_match_loss_of_the_rows(request, toy_task, which, center):
+    model_tok = request.getfixturevalue(which)
+    problem = _problem(model_tok, toy_task, center=center)
+    ids = problem.sample_ids(8, seed=0)
+    h = last_hidden(problem.model, input_ids=ids)
+    logits = head_logits(problem.model, h)
+    set_f = SubsetMatchLoss(h, logits, problem.y, problem.target)
+    for rows in ([0, 1, 2], [7, 3], [5], list(range(8))):
+        rows = torch.tensor(rows)
+        want = match_loss(h[rows], logits[rows], problem.y, problem.target)
+        assert set_f(rows).item() == pytest.approx(want.item(), abs=1e-10)
+
+
+def test_row_exchanges_lower_f_from_the_best_batch(tiny, toy_task):
+    problem = _problem(tiny, toy_task, center="pool")
+    B = 3
+    ids = torch.cat([problem.sample_ids(B, seed=s) for s in range(4)])
+    f_batches = [problem.f_ids(ids[k * B:(k + 1) * B]).item() for k in range(4)]
+    start = min(range(4), key=f_batches.__getitem__)
+    kept = select_rows(problem, ids, start=start)
+    assert kept.shape == (B, ids.shape[1])
+    rows = [next(i for i in range(len(ids)) if torch.equal(ids[i], k)) for k in kept]  # each kept row is a candidate
+    assert len(set(rows)) == B
+    assert problem.f_ids(kept).item() < f_batches[start] - 1e-6  # 81 exchanges to try: one of them helps here
+
+
+def test_initialise_with_rows_never_matches_worse_than_the_best_batch(tiny, toy_task):
+    f = {}
+    for select in ("batch", "rows"):
+        problem = _problem(tiny, toy_task, center="pool", init_select=select)
+        X, ids = initialise(problem, 3, torch.Generator().manual_seed(0))
+        assert torch.allclose(X, problem.freeze(problem.emb[ids]))
+        f[select] = problem.f_ids(ids).item()
+    assert f["rows"] < f["batch"]
+
+
+def test_nucleus_sampling_reaches_the_lm_samples(tiny, toy_task):
+    """init_top_p is passed to the sampler: a tiny nucleus leaves only the most probable token (greedy)."""
+    plain = _problem(tiny, toy_task).sample_ids(4, seed=0)
+    greedy = _problem(tiny, toy_task, init_top_p=1e-9).sample_ids(4, seed=0)
+    assert len({tuple(r.tolist()) for r in greedy}) == 1
+    assert len({tuple(r.tolist()) for r in plain}) > 1
+
+
+def test_selection_settings_are_checked():
+    with pytest.raises(ValueError, match="init_select 'best'"):
+        check_config(GenerateConfig(init="lm", init_select="best"))
+    with pytest.raises(ValueError, match="init 'lm'"):
+        check_config(GenerateConfig(init_select="rows"))
+    with pytest.raises(ValueError, match="init_top_p"):
+        check_config(GenerateConfig(init="lm", init_top_p=0.0))
+    check_config(GenerateConfig(**GENERATORS["gradmm_select_nucleus"]["generate"]))
+
+
+def test_the_select_variant_matches_at_least_as_well_as_its_batch_start(toy_data, tmp_path):
+    """Same seeds, same candidates: gradmm_select's f is at most gradmm_swap_start's, class by class."""
+    small = {"n_per_class": 2, "batch_size": 2, "max_seq_len": 10, "topk": 20}
+    out = {m: generate(toy_data, TINY, GenerateConfig(**{**GENERATORS[m]["generate"], **small}), DPConfig(),
+                       tmp_path / m, progress=False) for m in ("gradmm_swap_start", "gradmm_select")}
+    for a, b in zip(out["gradmm_swap_start"]["classes"], out["gradmm_select"]["classes"]):
+        assert all(fb <= fa + 1e-9 for fa, fb in zip(a["f_Z"], b["f_Z"]))
