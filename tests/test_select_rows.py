@@ -56,9 +56,11 @@ def test_initialise_with_rows_never_matches_worse_than_the_best_batch(tiny, toy_
     f = {}
     for select in ("batch", "rows"):
         problem = _problem(tiny, toy_task, center="pool", init_select=select)
-        X, ids = initialise(problem, 3, torch.Generator().manual_seed(0))
+        X, ids, losses = initialise(problem, 3, torch.Generator().manual_seed(0))
         assert torch.allclose(X, problem.freeze(problem.emb[ids]))
         f[select] = problem.f_ids(ids).item()
+        assert len(losses) == 4
+    assert f["batch"] == pytest.approx(min(losses), abs=1e-5)  # the same draws, the best whole batch
     assert f["rows"] < f["batch"]
 
 
@@ -80,10 +82,14 @@ def test_selection_settings_are_checked():
     check_config(GenerateConfig(**GENERATORS["gradmm_select_nucleus"]["generate"]))
 
 
-def test_the_select_variant_matches_at_least_as_well_as_its_batch_start(toy_data, tmp_path):
-    """Same seeds, same candidates: gradmm_select's f is at most gradmm_swap_start's, class by class."""
+def test_the_match_ladder_draws_the_same_lm_batches(toy_data, tmp_path):
+    """Same seeds, same candidates: gradmm_lm_start keeps the first batch drawn, gradmm_swap_start the best of
+    them, gradmm_select the best rows, so their f never rises along that order, class by class."""
     small = {"n_per_class": 2, "batch_size": 2, "max_seq_len": 10, "topk": 20}
     out = {m: generate(toy_data, TINY, GenerateConfig(**{**GENERATORS[m]["generate"], **small}), DPConfig(),
-                       tmp_path / m, progress=False) for m in ("gradmm_swap_start", "gradmm_select")}
-    for a, b in zip(out["gradmm_swap_start"]["classes"], out["gradmm_select"]["classes"]):
+                       tmp_path / m, progress=False) for m in ("gradmm_lm_start", "gradmm_swap_start", "gradmm_select")}
+    for first, a, b in zip(*(out[m]["classes"] for m in ("gradmm_lm_start", "gradmm_swap_start", "gradmm_select"))):
         assert all(fb <= fa + 1e-9 for fa, fb in zip(a["f_Z"], b["f_Z"]))
+        assert b["f_init_candidates"] == a["f_init_candidates"]  # the same LM batches were drawn
+        assert all(fa == pytest.approx(min(c), abs=1e-5) for fa, c in zip(a["f_Z"], a["f_init_candidates"]))
+        assert first["f_Z"] == pytest.approx([c[0] for c in a["f_init_candidates"]], abs=1e-5)

@@ -97,7 +97,7 @@ def test_lm_init_starts_from_sampled_allowed_tokens(tiny, task):
     assert allowed[ids[:, layout.free]].all()
     assert ids[:, :len(layout.prefix_ids)].tolist() == [layout.prefix_ids] * 3
     assert ids[:, layout.free.stop:].tolist() == [layout.suffix_ids] * 3
-    X0, _ = admm.initialise(problem, 3, torch.Generator().manual_seed(0))
+    X0, _, _ = admm.initialise(problem, 3, torch.Generator().manual_seed(0))
     # Every free position starts exactly on a token embedding (the LM's sample), not on a random vector.
     d = torch.cdist(X0[:, layout.free].reshape(-1, X0.shape[-1]), problem.emb)
     assert d.min(1).values.max().item() < 1e-3  # cdist round-off; token embeddings are ~0.1 apart

@@ -195,13 +195,14 @@ def initialise(problem: Problem, batch_size: int, generator: torch.Generator) ->
     SmolLM2's median is 3.1).
     init="lm": the embeddings of LM samples under the class instruction (GRADMM refining LM text, a variant);
     with init_select="rows", the B of all sampled rows whose set matches best (`select_rows`).
-    Returns (X, the token ids of the kept LM batch; None for init="random").
+    Returns (X, the token ids of the kept LM batch (None for init="random"), f of each candidate batch in the
+    order drawn: the first is what an unmatched start would keep).
     """
     cfg = problem.cfg
     norm = cfg.init_norm or median_embedding_norm(problem.model)
     best, best_ids, best_loss = None, None, math.inf
     L, d = problem.layout.seq_len, problem.emb.shape[1]
-    sampled, best_k = [], 0
+    sampled, losses, best_k = [], [], 0
     for k in range(cfg.init_candidates):
         if cfg.init == "lm":
             seed = int(torch.randint(2**31 - 1, (1,), generator=generator))
@@ -213,12 +214,13 @@ def initialise(problem: Problem, batch_size: int, generator: torch.Generator) ->
             X = torch.randn(batch_size, L, d, generator=generator).to(problem.emb.device)
             X = problem.freeze(X / X.norm(dim=-1, keepdim=True) * norm)
         loss = problem.f(X).item() if cfg.matching_weight else 0.0
+        losses.append(loss)
         if loss < best_loss:
             best, best_ids, best_loss, best_k = X, ids, loss, k
     if cfg.init_select == "rows" and cfg.matching_weight:
         best_ids = select_rows(problem, torch.cat(sampled), start=best_k)
         best = problem.freeze(problem.emb[best_ids])
-    return best, best_ids
+    return best, best_ids, losses
 
 
 def select_rows(problem: Problem, ids: torch.Tensor, start: int, max_exchanges: int = 200) -> torch.Tensor:
@@ -276,10 +278,10 @@ def run_batch(problem: Problem, batch_size: int, seed: int, checkpoint: Path | N
         # Saved from the CPU: a batch checkpointed on a GPU resumes on a CPU (the full profile moves between
         # them); Adam's state follows its parameter's device.
         X, opt, Lam, rho, t0, Z_ids, best, history = load_checkpoint(checkpoint, problem.emb, cfg.lr)
-        init_ids = None  # a checkpoint exists only once ADMM has run
+        init_ids, init_losses = None, None  # a checkpoint exists only once ADMM has run
     else:
         generator = torch.Generator().manual_seed(seed)
-        X, init_ids = initialise(problem, batch_size, generator)
+        X, init_ids, init_losses = initialise(problem, batch_size, generator)
         X.requires_grad_(True)
         opt = torch.optim.Adam([X], lr=cfg.lr)
         Lam, rho, t0, Z_ids = torch.zeros_like(X), cfg.rho, 0, None
@@ -349,5 +351,5 @@ def run_batch(problem: Problem, batch_size: int, seed: int, checkpoint: Path | N
     ids = best["ids"].to(dev)
     return {"ids": ids.cpu(), "per_sample_loss": problem.f_ids(ids, per_sample=True).cpu(),
             "logppl": best["logppl"], "f_Z": best["f_Z"], "best_t": best["t"], "f_X_final": problem.f(X.detach()).item(),
-            "history": history, **swaps}
+            "history": history, **swaps, **({"f_init_candidates": init_losses} if init_losses is not None else {})}
 

@@ -226,7 +226,9 @@ def generate(task: Task | DataConfig, model_cfg: ModelConfig, gen: GenerateConfi
                 "last_changed_fraction": [r["history"][-1].get("changed_fraction") if r["history"] else None
                                           for r in results],
                 "mean_log_perplexity": sum(r["logppl"].mean().item() for r in results) / len(results),
-                **({"f_Z_before_swaps": [r["f_Z_before_swaps"] for r in results]} if gen.swap_steps else {})})
+                **({"f_Z_before_swaps": [r["f_Z_before_swaps"] for r in results]} if gen.swap_steps else {}),
+                # f of each LM batch drawn at the start: [0] = no matching's pick, min = the best batch
+                **({"f_init_candidates": [r["f_init_candidates"] for r in results]} if gen.init == "lm" else {})})
             history += [{"class": name if c is None else c, "batch": b, **rec} for b, r in enumerate(results)
                         for rec in r["history"]]
         write_jsonl(out / "history.jsonl", history)  # atomic: workers that finish together write the same file

@@ -101,6 +101,9 @@ GENERATORS = {
     # by construction; whether a closer match makes better training data is the difference to gradmm_swap_start
     "gradmm_select": {"generate": {"init": "lm", "center": True, "outer_steps": 0, "init_candidates": 4,
                                    "init_select": "rows"}},
+    # No matching at all: the first of those LM batches (same seeds), kept as drawn. Against gradmm_swap_start
+    # (best batch by f) and gradmm_select (best rows by f): does choosing by the match make better training data?
+    "gradmm_lm_start": {"generate": {"init": "lm", "center": True, "outer_steps": 0, "init_candidates": 1}},
     # gradmm_select over nucleus samples (top-p 0.9, Holtzman et al. 2020): more fluent candidates to choose from
     "gradmm_select_nucleus": {"generate": {"init": "lm", "center": True, "outer_steps": 0, "init_candidates": 4,
                                            "init_select": "rows", "init_top_p": 0.9}},

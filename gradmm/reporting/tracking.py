@@ -273,14 +273,14 @@ class LiveRun:
         self.params = params
         self.start = get_current_time_millis()
         self.run_id = None
-        self._guard(self._open)
+        self._guard(self._open, opening=True)
 
-    def _guard(self, fn, *args):
-        if self.run_id is None and fn != self._open:
+    def _guard(self, fn, opening: bool = False):
+        if self.run_id is None and not opening:  # never opened, or stopped after an MLflow error
             return None
         try:
             with quiet():
-                return fn(*args)
+                return fn()
         except Exception as err:  # noqa: BLE001 - live tracking must never fail the run that makes the result
             warnings.warn(f"MLflow live logging stopped ({type(err).__name__}: {err}); the result file is "
                           "unaffected (gradmm mlflow-import can log it later)", RuntimeWarning, stacklevel=3)
@@ -291,7 +291,6 @@ class LiveRun:
         flat = flatten(relevant_params(self.params, r["method"], r.get("dataset"), r.get("model"),
                                        r.get("n_per_class")))
         self.client = _client(tracking_uri(self.project_root))
-        self.flat = flat
         self.run_id = _start_run(self.client, self.experiment, r, flat, {"gradmm.live": "true"}, self.project_root,
                                  self.start)
         from mlflow.entities import Param
@@ -340,7 +339,8 @@ def loss_curves(result: dict, start_ms: int, curves: str = "all") -> list:
 
 
 def _missing(value) -> bool:
-    return value is None or (isinstance(value, float) and value != value)
+    """None, NaN or pandas' <NA>: a value a run leaves out (never a list, which pd.isna would map)."""
+    return pd.api.types.is_scalar(value) and bool(pd.isna(value))
 
 
 def _note(result: dict) -> str:
@@ -395,7 +395,7 @@ def _row_run(row: dict, params: dict, runs_dir, figures_dir, project_root) -> tu
 
 
 def _rows(df) -> list[dict]:
-    return [{k: v for k, v in row.items() if not pd.isna(v)} for row in df.to_dict("records")]  # NaN / <NA> out
+    return [{k: v for k, v in row.items() if not _missing(v)} for row in df.to_dict("records")]
 
 
 def log_results(df, experiment: str, params: dict, project_root: str | Path = ".", runs_dir: str | Path = "runs",
