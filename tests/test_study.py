@@ -167,3 +167,40 @@ def test_gradmm_plus_is_the_committed_studys_dev_pick():
     table = Path(__file__).resolve().parent.parent / "reports" / "tables" / "variants.csv"
     pick = dev_pick(summary(pd.read_csv(table)))
     assert pick is not None and GENERATORS["gradmm_plus"] == GENERATORS[pick], pick
+
+
+def test_the_seed_spread_separates_generated_sets_from_fine_tuning_seeds():
+    import pandas as pd
+
+    from gradmm.reporting.variants import markdown, seed_spread, summary
+
+    # set means 0.6, 0.7, 0.8 (sd 0.1 between sets); within each set ±0.02 around its mean (sd 0.02)
+    rows = [{"dataset": "a", "n_per_class": 20, "method": "gradmm_select", "generation_seed": g, "seed": s,
+             "accuracy": m + d, "dev_accuracy": m, "majority_share": 0.5, "n_train": 40, "wall_seconds": 1.0,
+             "model": "x", "empty_trainset": False}
+            for g, m in enumerate([0.6, 0.7, 0.8]) for s, d in enumerate([-0.02, 0.0, 0.02])]
+    df = pd.DataFrame(rows)
+    r = seed_spread(df).iloc[0]
+    assert r.sets == 3 and r["mean"] == pytest.approx(0.7)
+    assert r.sd_between_sets == pytest.approx(0.1) and r.sd_within_set == pytest.approx(0.02)
+    assert r.ci95_low == pytest.approx(0.7 - 4.302653 * 0.1 / 3 ** 0.5, abs=1e-5) and r.ci95_high > 0.9
+    one_set = seed_spread(df[df.generation_seed == 0]).iloc[0]
+    assert one_set.ci95_low != one_set.ci95_low  # NaN: one set gives no interval over sets
+    md = markdown(summary(df), pd.DataFrame(), None, "Quality study", seed_spread(df))
+    assert "## Seed spread" in md and "| a | 20 | gradmm_select | 3 | 70.0 | 10.0 | 2.0 | 45.2 – 94.8 |" in md
+
+
+def test_health_of_an_lm_text_cell_reports_the_unmatched_start(tmp_path):
+    import json
+
+    from gradmm.reporting.variants import health
+
+    gen = tmp_path / "toy" / "gradmm_select" / "generated-g0"
+    gen.mkdir(parents=True)
+    (gen / "history.jsonl").write_text("")
+    classes = [{"f_Z": [0.4, 0.6], "mean_log_perplexity": 4.0, "f_init_candidates": [[0.9, 0.5], [0.7, 0.8]]},
+               {"f_Z": [0.2, 0.2], "mean_log_perplexity": 5.0, "f_init_candidates": [[0.5, 0.3], [0.3, 0.4]]}]
+    (gen / "generate_metrics.json").write_text(json.dumps({"classes": classes}))
+    row = health(tmp_path).iloc[0]
+    assert row.f_Z_last == pytest.approx(0.35) and row.logppl_Z_last == pytest.approx(4.5)
+    assert row.f_Z_unmatched == pytest.approx((0.9 + 0.7 + 0.5 + 0.3) / 4)

@@ -34,6 +34,7 @@ def _admm_health(last: "pd.DataFrame") -> dict:
             # NaN without a matching term (gradmm_no_matching): a ratio to zero says nothing
             "penalty_to_match_grad": float((last["grad_norm_penalty"] / last["grad_norm_match"].where(
                 last["grad_norm_match"] > 0)).median()),
+            "f_X_last": float(last["f_X"].mean()) if "f_X" in last else float("nan"),
             "f_Z_last": float(last["f_Z"].mean()), "logppl_Z_last": float(last["logppl_Z"].mean())}
 
 
@@ -52,6 +53,8 @@ def health(study_dir: str | Path = "studies/variants") -> "pd.DataFrame":
             classes = read_json(hist.parent / "generate_metrics.json")["classes"]
             row["f_Z_last"] = float(pd.Series([v for c in classes for v in c["f_Z"]]).mean())
             row["logppl_Z_last"] = float(pd.Series([c["mean_log_perplexity"] for c in classes]).mean())
+            if all("f_init_candidates" in c for c in classes):  # the first LM batch drawn: no matching's pick
+                row["f_Z_unmatched"] = float(pd.Series([f[0] for c in classes for f in c["f_init_candidates"]]).mean())
         diag = cell / f"diagnostics-g{g}.json"
         if diag.is_file():
             d = read_json(diag)
@@ -106,6 +109,38 @@ def comparisons(df: "pd.DataFrame", references=("llm_zero_shot_gen", "gradmm_no_
     return pd.DataFrame(rows)
 
 
+def seed_spread(df: "pd.DataFrame") -> "pd.DataFrame":
+    """Per cell, how much of the spread is the generated set and how much the fine-tuning: the sd over
+    generation seeds of each set's mean accuracy, the mean sd over fine-tuning seeds within a set, and a 95 %
+    interval of the cell mean that takes the set as the unit (Student t over the set means, g − 1 df)."""
+    from scipy.stats import t as student_t
+
+    rows = []
+    for (d, n, m), cell in df.groupby(["dataset", "n_per_class", "method"]):
+        per_set = cell.groupby("generation_seed").accuracy
+        means, g = per_set.mean(), cell.generation_seed.nunique()
+        half = (student_t.ppf(0.975, g - 1) * means.std() / g ** 0.5) if g > 1 else float("nan")
+        rows.append({"dataset": d, "n_per_class": n, "method": m, "sets": g, "mean": cell.accuracy.mean(),
+                     "sd_between_sets": means.std() if g > 1 else float("nan"),
+                     "sd_within_set": per_set.std().mean(), "ci95_low": means.mean() - half,
+                     "ci95_high": means.mean() + half})
+    return pd.DataFrame(rows)
+
+
+def seed_spread_lines(spread: "pd.DataFrame") -> list[str]:
+    lines = ["## Seed spread", "",
+             "Test accuracy (%) per cell: `between sets` = sd over generation seeds of each generated set's mean; "
+             "`within set` = mean sd over the fine-tuning seeds of one set; `95 % CI` = the cell mean's interval "
+             "with the generated set as the unit (t over the set means). Welch's p above treats every run as "
+             "independent, so it overstates the evidence wherever `between sets` is large.", "",
+             "| dataset | n | method | sets | mean | between sets | within set | 95 % CI |", "|---|---|---|---|---|---|---|---|"]
+    for r in spread.itertuples():
+        ci = "" if r.ci95_low != r.ci95_low else f"{100 * r.ci95_low:.1f} – {100 * r.ci95_high:.1f}"
+        lines.append(f"| {r.dataset} | {r.n_per_class} | {r.method} | {r.sets} | {100 * r.mean:.1f} | "
+                     f"{format_number(100 * r.sd_between_sets, '.1f')} | {format_number(100 * r.sd_within_set, '.1f')} | {ci} |")
+    return lines
+
+
 def panel_table(summ: "pd.DataFrame") -> list[str]:
     """Markdown lines: one row per method, one column per dataset × n (test mean ± std)."""
     panels = sorted({(r.dataset, r.n_per_class) for r in summ.itertuples()})
@@ -118,7 +153,7 @@ def panel_table(summ: "pd.DataFrame") -> list[str]:
 
 
 def markdown(summ: "pd.DataFrame", health_df: "pd.DataFrame", comp: "pd.DataFrame | None" = None,
-             title: str = "Variants study") -> str:
+             title: str = "Variants study", spread: "pd.DataFrame | None" = None) -> str:
     lines = [f"# {title}: test accuracy (%) at equal budget", "",
              "Sorted by mean dev accuracy (the only split used to choose). `majority` = mean share of test "
              "predictions in the most predicted class (50 % = balanced). `texts` = training texts in all (the "
@@ -143,19 +178,25 @@ def markdown(summ: "pd.DataFrame", health_df: "pd.DataFrame", comp: "pd.DataFram
             cells = [f"{100 * getattr(r, f'diff_{x}'):+.1f} (p {getattr(r, f'p_{x}'):.2f})"
                      if getattr(r, f"diff_{x}") == getattr(r, f"diff_{x}") else "" for x in refs]
             lines.append(f"| {r.dataset} | {r.n_per_class} | {r.method} | " + " | ".join(cells) + " |")
+    if spread is not None and spread.sets.max() > 1:
+        lines += ["", *seed_spread_lines(spread)]
     if len(health_df):
         lines += ["", "## Diagnostics of each GRADMM variant", "",
                   "margin = match loss of held-out real sets labelled with another class − with their own (> 0: "
                   "the target tells the classes apart; CI low = lowest bootstrap 2.5 % bound over targets); "
                   "changed = share of tokens changed at the last Z-step; penalty/match = ratio of the X-step "
-                  "gradient norms; f = set match loss (synthetic vs same-class real).", "",
+                  "gradient norms; f(X), f(Z) = match loss of the batch's embeddings and of its kept tokens (batch "
+                  "means); f(Z) unmatched = the first LM batch drawn from the same start, no matching's pick (LM-text "
+                  "variants); f synthetic / real = set match loss of synthetic and of same-class real texts.", "",
                   "| dataset | method | margin | CI low | label-word p | outer steps | changed | penalty/match | "
-                  "f synthetic | f real | log-ppl |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "f(X) | f(Z) | f(Z) unmatched | f synthetic | f real | log-ppl |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in health_df.itertuples():
             get = lambda k, fmt: "" if getattr(r, k, None) is None or getattr(r, k) != getattr(r, k) else format(getattr(r, k), fmt)  # noqa: E731
             lines.append(f"| {r.dataset} | {r.method} | {get('margin', '.4f')} | {get('margin_ci_low', '.4f')} | "
                          f"{get('label_word_p', '.3f')} | {r.outer_steps_run:.1f} | {r.changed_fraction_last:.2f} | "
-                         f"{r.penalty_to_match_grad:.1f} | {get('f_synthetic', '.3f')} | {get('f_real_same', '.3f')} | "
+                         f"{r.penalty_to_match_grad:.1f} | {get('f_X_last', '.3f')} | {get('f_Z_last', '.3f')} | "
+                         f"{get('f_Z_unmatched', '.3f')} | {get('f_synthetic', '.3f')} | {get('f_real_same', '.3f')} | "
                          f"{r.logppl_Z_last:.2f} |")
     return "\n".join(lines) + "\n"
 
@@ -247,7 +288,7 @@ def write_report(study_dir: str | Path, reports_dir: str | Path, params_file: st
     health_df = health(study_dir)
     health_df.to_csv(reports / "tables" / f"{name}_health.csv", index=False)
     title = f"{name.replace('_', ' ').capitalize()} study"
-    text = markdown(summary(df), health_df, comparisons(df), title)
+    text = markdown(summary(df), health_df, comparisons(df), title, seed_spread(df))
     (reports / "tables" / f"{name}.md").write_text(text + ("\n" + sample_texts(study_dir, samples) if samples else ""))
     plot(df, reports / "figures" / f"{name}.png")
     if params_file is not None and Path(params_file).is_file():  # after the files: MLflow never costs a result
