@@ -53,3 +53,15 @@ def test_every_committed_stage_output_is_tracked_by_git():
             if not (path in tracked or any(f.startswith(path.rstrip("/") + "/") for f in tracked)):
                 missing.append(f"{stage}: {path}")
     assert not missing, f"outputs in dvc.lock that git does not track: {missing}"
+
+
+@pytest.mark.parametrize("name", ["01_classification", "02_quality_texts"])
+def test_the_executed_notebooks_are_rendered_with_their_figures_inline(name):
+    """reports/html/<name>.html is the committed executed notebook for a browser: its text outputs and figures."""
+    html = (ROOT / "reports" / "html" / f"{name}.html").read_text()
+    nb = json.loads((ROOT / "reports" / "executed" / f"{name}.ipynb").read_text())
+    images = sum("image/png" in o.get("data", {}) for c in nb["cells"] for o in c.get("outputs", []))
+    assert images and html.count("data:image/png;base64") >= images
+    title = next(c for c in nb["cells"] if c["cell_type"] == "markdown")["source"]
+    title = "".join(title).splitlines()[0].lstrip("# ").split("`")[0].strip()
+    assert title and title in html
