@@ -22,7 +22,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cells", nargs="+", default=["tweets/gradmm_swap_start/g0", "tweets/random_real"])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
-    ap.add_argument("--out", default="reports/quality/tables/platform_check.csv")
+    ap.add_argument("--out", default="reports/tables/quality_platform_check.csv")
     args = ap.parse_args()
     rows = []
     gradmm = Path(sys.executable).parent / "gradmm"
