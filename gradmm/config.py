@@ -88,6 +88,10 @@ class GenerateConfig:
     matching_weight: float = 1.0  # 0 = the gradmm_no_matching ablation (prefix, projection and filter only)
     center: bool = False  # variants study, centring: subtract the pool's mean final hidden state before the cosine
     stop_changed_fraction: float = 0.0  # stop once fewer than this share of tokens change (0 = never)
+    stop_patience: int = 0  # stop once f(Z) has not improved on its best for this many Z-steps (0 = never)
+    # Batches of a class stepped together in one forward/backward (the maths stays per batch: own X, Adam, Λ, ρ,
+    # stop); more rows per matrix product cost less per text. 1 = one batch at a time (the committed results)
+    parallel_batches: int = 1
     decoding_prefix: str = "instruction"  # instruction (label-conditioned, as the authors) | none
     template: str = ""  # the template whose gradient is matched: a name in data.TEMPLATES; "" = the task's own
     joint: bool = False  # joint target: every batch holds all classes, matched against the whole pool's gradient
@@ -226,6 +230,7 @@ BOUNDS = {
     "generate.init_norm": (0, None),  # 0 = the model's median embedding norm
     "generate.matching_weight": (0, None),
     "generate.stop_changed_fraction": (0, 1),
+    "generate.stop_patience": (0, None),
     "generate.seed": (0, None),
     "generate.swap_steps": (0, None),
     "generate.swap_candidates": (1, None),

@@ -104,14 +104,14 @@ def test_same_params_share_and_an_idle_stale_directory_is_archived(tmp_path):
 
 
 def test_each_batch_rechecks_the_claim(toy_data, tmp_path, monkeypatch):
-    out, real = tmp_path / "run", generate_module.run_batch
+    out, real = tmp_path / "run", generate_module.run_batches
 
     def then_overwritten(*args, **kwargs):  # as if another run had rewritten the directory's config
         result = real(*args, **kwargs)
         (out / "run_config.json").write_text("{}\n")
         return result
 
-    monkeypatch.setattr(generate_module, "run_batch", then_overwritten)
+    monkeypatch.setattr(generate_module, "run_batches", then_overwritten)
     with pytest.raises(ValueError, match="changed under this run"):
         generate(toy_data, TINY, GenerateConfig(**FAST), DPConfig(), out, progress=False)
     assert len(list((out / "batches").glob("*.safetensors"))) == 1  # the finished batch is kept
@@ -138,7 +138,7 @@ def test_a_dp_run_writes_only_the_release_and_resumes_byte_identical(tiny, toy_d
     task = load_task(toy_data)
     dp = DPConfig(enabled=True, epsilon=1.0)
     out = tmp_path / "dp"
-    real, calls = generate_module.run_batch, {"n": 0}
+    real, calls = generate_module.run_batches, {"n": 0}
 
     def dies_in_the_third_batch(*args, **kwargs):
         calls["n"] += 1
@@ -146,11 +146,11 @@ def test_a_dp_run_writes_only_the_release_and_resumes_byte_identical(tiny, toy_d
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(generate_module, "run_batch", dies_in_the_third_batch)
+    monkeypatch.setattr(generate_module, "run_batches", dies_in_the_third_batch)
     with pytest.raises(KeyboardInterrupt):
         generate(toy_data, TINY, GenerateConfig(**FAST), dp, out, progress=False)
     release = (out / "dp_targets.safetensors").read_bytes()
-    monkeypatch.setattr(generate_module, "run_batch", real)
+    monkeypatch.setattr(generate_module, "run_batches", real)
     generate(toy_data, TINY, GenerateConfig(**FAST), dp, out, progress=False)
     assert (out / "dp_targets.safetensors").read_bytes() == release  # resumed on the same draw
 
@@ -168,9 +168,9 @@ def test_a_dp_run_writes_only_the_release_and_resumes_byte_identical(tiny, toy_d
     fixed = DPConfig(enabled=True, epsilon=1.0, noise_seed_not_private=7)
     generate(toy_data, TINY, GenerateConfig(**FAST), fixed, tmp_path / "ref", progress=False)
     calls["n"] = 0
-    monkeypatch.setattr(generate_module, "run_batch", dies_in_the_third_batch)
+    monkeypatch.setattr(generate_module, "run_batches", dies_in_the_third_batch)
     with pytest.raises(KeyboardInterrupt):
         generate(toy_data, TINY, GenerateConfig(**FAST), fixed, tmp_path / "cut", progress=False)
-    monkeypatch.setattr(generate_module, "run_batch", real)
+    monkeypatch.setattr(generate_module, "run_batches", real)
     generate(toy_data, TINY, GenerateConfig(**FAST), fixed, tmp_path / "cut", progress=False)
     assert (tmp_path / "cut" / "raw.jsonl").read_bytes() == (tmp_path / "ref" / "raw.jsonl").read_bytes()

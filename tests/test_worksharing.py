@@ -54,14 +54,14 @@ def _count_batches(calls: str) -> None:
 
     import gradmm.methods.generate as generate_module
 
-    real = generate_module.run_batch
+    real = generate_module.run_batches
 
-    def counted(problem, batch_size, seed, ckpt, progress):
+    def counted(problem, batch_size, seeds, ckpts, progress):
         with open(calls, "a") as f:
-            f.write(f"{os.getpid()} {seed}\n")
-        return real(problem, batch_size, seed, ckpt, progress)
+            f.writelines(f"{os.getpid()} {seed}\n" for seed in seeds)
+        return real(problem, batch_size, seeds, ckpts, progress)
 
-    generate_module.run_batch = counted
+    generate_module.run_batches = counted
 
 
 def _generate_counting(data_path: str, out: str, calls: str) -> None:

@@ -4,7 +4,9 @@
     X ← X − Adam(∇ [w·f(X) + ρ/2 ‖X − Z + Λ/ρ‖²])       inner steps, prompt positions frozen, gradient clipped
     Λ ← Λ + ρ (X − Z)                                    dual ascent
 
-One call of `run_batch` writes B synthetic sequences of one class. Its state is checkpointed after every
+One call of `run_batches` writes several batches of B synthetic sequences of one class, stepped together: one
+forward/backward and one decoding pass over all their rows, while each batch keeps its own X, Adam, Λ, ρ and
+stopping (`parallel_batches`; one batch is the paper's loop). Each batch's state is checkpointed after every
 outer iteration and a restarted call continues from there: every step is deterministic given the seed, so a
 resumed batch ends byte-identical to an uninterrupted one.
 """
@@ -32,7 +34,8 @@ def check_config(cfg: GenerateConfig, allowed_vocab: int | None = None) -> None:
     """Clear errors before any expensive work."""
     if cfg.rho <= 0 and cfg.projection == "admm":
         raise ValueError(f"generate.rho must be > 0, got {cfg.rho}")
-    for key in ("n_per_class", "batch_size", "outer_steps", "inner_steps", "init_candidates", "topk"):
+    for key in ("n_per_class", "batch_size", "outer_steps", "inner_steps", "init_candidates", "topk",
+                "parallel_batches"):
         if key == "outer_steps" and cfg.outer_steps == 0 and cfg.init == "lm":
             continue  # no ADMM: the LM's own text goes straight to the swaps (or, without swaps, to the filter)
         if getattr(cfg, key) < 1:
@@ -58,6 +61,9 @@ def check_config(cfg: GenerateConfig, allowed_vocab: int | None = None) -> None:
         raise ValueError(f"generate.rho_growth must be ≥ 1 (a shrinking ρ never reaches consensus), got {cfg.rho_growth}")
     if cfg.lr <= 0 or cfg.grad_clip <= 0:
         raise ValueError(f"generate.lr and generate.grad_clip must be > 0, got {cfg.lr}, {cfg.grad_clip}")
+    if cfg.parallel_batches > 1 and cfg.joint:
+        raise ValueError("generate.parallel_batches > 1 with generate.joint: a joint batch's rows are laid out per "
+                         "class, so joint batches are stepped one at a time; use parallel_batches: 1")
     if cfg.swap_steps and cfg.joint:
         raise ValueError("generate.swap_steps with generate.joint: the swaps refine one class's batch; use joint: false")
     if allowed_vocab is not None and max(cfg.topk, cfg.swap_next_topk if cfg.swap_steps else 0) > allowed_vocab:
@@ -115,6 +121,14 @@ class Problem:
     def f_ids(self, ids: torch.Tensor, per_sample: bool = False) -> torch.Tensor:
         h = last_hidden(self.model, input_ids=ids)
         return match_loss(h, head_logits(self.model, h), self.y, self.target, per_sample=per_sample).float()
+
+    def f_each(self, n: int, X: torch.Tensor | None = None, ids: torch.Tensor | None = None) -> torch.Tensor:
+        """(n,) the matching loss of each of n batches stacked in X (or ids): one forward for all their rows,
+        each batch's set matched alone (differentiable w.r.t. X)."""
+        h = last_hidden(self.model, inputs_embeds=X) if ids is None else last_hidden(self.model, input_ids=ids)
+        logits, B = head_logits(self.model, h), h.shape[0] // n
+        return torch.stack([match_loss(h[i * B:(i + 1) * B], logits[i * B:(i + 1) * B], self.y, self.target)
+                            for i in range(n)]).float()
 
     def groups(self, batch_size: int) -> list[tuple[torch.Tensor, list[int]]]:
         """(rows, decoding prefix) pairs: the rows of a batch that are decoded after the same prefix."""
@@ -267,81 +281,153 @@ def load_checkpoint(path: Path, X_like: torch.Tensor, lr: float):
     return X, opt, tensors["Lam"].to(dev), meta["rho"], meta["t"], Z_ids, best, meta["history"]
 
 
-def run_batch(problem: Problem, batch_size: int, seed: int, checkpoint: Path | None = None,
-              progress: bool = True) -> dict:
-    """Generate one batch of B sequences for one class. Returns ids, per-sample loss and log-perplexity, history.
+@dataclass
+class BatchState:
+    """One batch's ADMM state: its own X and Adam, dual Λ, penalty ρ, next outer step t, last Z, best Z, history."""
 
-    `checkpoint`: a file written after each outer iteration; if it exists the batch continues from it.
-    """
-    cfg, dev = problem.cfg, problem.emb.device
+    X: torch.Tensor
+    opt: torch.optim.Adam
+    Lam: torch.Tensor
+    rho: float
+    t: int
+    Z_ids: torch.Tensor | None
+    best: dict
+    history: list
+    checkpoint: Path | None
+    init_ids: torch.Tensor | None = None
+    init_losses: list | None = None
+    Z: torch.Tensor | None = None
+
+
+def start_batch(problem: Problem, batch_size: int, seed: int, checkpoint: Path | None) -> BatchState:
+    """A batch's state: from its checkpoint if one exists, else freshly initialised from `seed`."""
+    cfg = problem.cfg
     if checkpoint is not None and checkpoint.exists():
         # Saved from the CPU: a batch checkpointed on a GPU resumes on a CPU (the full profile moves between
         # them); Adam's state follows its parameter's device.
-        X, opt, Lam, rho, t0, Z_ids, best, history = load_checkpoint(checkpoint, problem.emb, cfg.lr)
-        init_ids, init_losses = None, None  # a checkpoint exists only once ADMM has run
-    else:
-        generator = torch.Generator().manual_seed(seed)
-        X, init_ids, init_losses = initialise(problem, batch_size, generator)
-        X.requires_grad_(True)
-        opt = torch.optim.Adam([X], lr=cfg.lr)
-        Lam, rho, t0, Z_ids = torch.zeros_like(X), cfg.rho, 0, None
-        best, history = {"f_Z": math.inf, "ids": None, "logppl": None, "t": -1}, []
+        X, opt, Lam, rho, t, Z_ids, best, history = load_checkpoint(checkpoint, problem.emb, cfg.lr)
+        return BatchState(X, opt, Lam, rho, t, Z_ids, best, history, checkpoint)  # ADMM ran: no init to report
+    X, init_ids, init_losses = initialise(problem, batch_size, torch.Generator().manual_seed(seed))
+    X.requires_grad_(True)
+    return BatchState(X, torch.optim.Adam([X], lr=cfg.lr), torch.zeros_like(X), cfg.rho, 0, None,
+                      {"f_Z": math.inf, "ids": None, "logppl": None, "t": -1}, [], checkpoint, init_ids, init_losses)
+
+
+def settled(cfg: GenerateConfig, state: BatchState) -> bool:
+    """Whether a batch stops before outer_steps: Z has settled (few tokens change) or f(Z) has not improved on
+    its best for `stop_patience` Z-steps. Read from the history, so a resumed batch decides as it would have."""
+    if cfg.projection != "admm" or not state.history:
+        return False
+    last = state.history[-1]
+    if last["t"] > 0 and last["changed_fraction"] < cfg.stop_changed_fraction:
+        return True
+    return bool(cfg.stop_patience) and last["t"] - state.best["t"] >= cfg.stop_patience
+
+
+def project_stacked(problem: Problem, E: torch.Tensor, rhos: list[float], progress: bool):
+    """The Z-step of batches stacked in E: one decoding pass for all rows (ρ enters only order="proximal", so
+    batches with different ρ are projected apart there)."""
+    if len(set(rhos)) == 1 or problem.cfg.order != "proximal":
+        return problem.project(E, progress, rhos[0])
+    B = E.shape[0] // len(rhos)
+    parts = [problem.project(E[i * B:(i + 1) * B], progress, rho) for i, rho in enumerate(rhos)]
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+
+def outer_iteration(problem: Problem, live: list[BatchState], t: int, progress: bool) -> list[dict]:
+    """One outer iteration (Z-step, inner X-steps, dual update) of the batches in `live`, all at step t: each
+    matrix product runs over all their rows, every update stays per batch. Returns each batch's record."""
+    cfg, dev, n = problem.cfg, problem.emb.device, len(live)
+    B = live[0].X.shape[0]
     use_admm = cfg.projection == "admm"
     free_mask = 1 - problem.fixed_mask
-    outer = tqdm(range(t0, cfg.outer_steps), desc="ADMM outer", leave=False, disable=not progress,
-                 initial=t0, total=cfg.outer_steps)
-    for t in outer:
-        record = {"t": t, "rho": rho}
-        if use_admm:  # Z-step
-            prev = Z_ids
-            Z_ids, logppl = problem.project(X.detach() + Lam / rho, progress, rho)
-            Z = problem.emb[Z_ids] * free_mask + problem.fixed_embeds
-            f_Z = problem.f_ids(Z_ids).item()
-            changed = 1.0 if prev is None else (Z_ids != prev)[:, problem.layout.free].float().mean().item()
-            record.update(f_Z=f_Z, changed_fraction=changed, logppl_Z=logppl.mean().item(),
+    records = [{"t": t, "rho": b.rho} for b in live]
+    if use_admm:  # Z-step
+        ids, logppl = project_stacked(problem, torch.cat([b.X.detach() + b.Lam / b.rho for b in live]),
+                                      [b.rho for b in live], progress)
+        f_Z = problem.f_each(n, ids=ids).tolist()
+        for i, (b, record) in enumerate(zip(live, records)):
+            prev, b.Z_ids = b.Z_ids, ids[i * B:(i + 1) * B]
+            b.Z = problem.emb[b.Z_ids] * free_mask + problem.fixed_embeds
+            row_logppl = logppl[i * B:(i + 1) * B]
+            changed = 1.0 if prev is None else (b.Z_ids != prev)[:, problem.layout.free].float().mean().item()
+            record.update(f_Z=f_Z[i], changed_fraction=changed, logppl_Z=row_logppl.mean().item(),
                           dual_residual=0.0 if prev is None else
-                          rho * (Z - (problem.emb[prev] * free_mask + problem.fixed_embeds)).norm().item())
-            if f_Z < best["f_Z"]:
-                best = {"f_Z": f_Z, "ids": Z_ids.cpu(), "logppl": logppl.cpu(), "t": t}
-        for s in range(cfg.inner_steps):  # X-step
-            f_X = problem.f(X) if cfg.matching_weight else torch.zeros((), device=dev)
-            grad_f = torch.autograd.grad(f_X, X)[0] if cfg.matching_weight else torch.zeros_like(X)
-            grad_pen = rho * (X.detach() - Z + Lam / rho) if use_admm else torch.zeros_like(X)
-            grad = (cfg.matching_weight * grad_f + grad_pen) * free_mask  # template positions stay frozen
+                          b.rho * (b.Z - (problem.emb[prev] * free_mask + problem.fixed_embeds)).norm().item())
+            if f_Z[i] < b.best["f_Z"]:
+                b.best = {"f_Z": f_Z[i], "ids": b.Z_ids.cpu(), "logppl": row_logppl.cpu(), "t": t}
+    for s in range(cfg.inner_steps):  # X-step
+        if cfg.matching_weight:
+            f_X = problem.f_each(n, X=torch.cat([b.X for b in live]))
+            grads_f = torch.autograd.grad(f_X.sum(), [b.X for b in live])  # batch i's f depends on its X only
+        else:
+            f_X, grads_f = torch.zeros(n, device=dev), [torch.zeros_like(b.X) for b in live]
+        for i, (b, record) in enumerate(zip(live, records)):
+            grad_pen = b.rho * (b.X.detach() - b.Z + b.Lam / b.rho) if use_admm else torch.zeros_like(b.X)
+            grad = (cfg.matching_weight * grads_f[i] + grad_pen) * free_mask  # template positions stay frozen
             if s == 0:  # diagnostics: is the matching term heard next to the penalty? (variants study)
-                record.update(f_X=f_X.item(), grad_norm_match=(cfg.matching_weight * grad_f * free_mask).norm().item(),
+                record.update(f_X=f_X[i].item(),
+                              grad_norm_match=(cfg.matching_weight * grads_f[i] * free_mask).norm().item(),
                               grad_norm_penalty=(grad_pen * free_mask).norm().item())
             norm = grad.norm()
             if norm > cfg.grad_clip:
                 grad = grad * (cfg.grad_clip / norm)
-            X.grad = grad
-            opt.step()
+            b.X.grad = grad
+            b.opt.step()
+    for b, record in zip(live, records):
         if use_admm:
-            Lam = Lam + rho * (X.detach() - Z) * free_mask  # dual ascent
-            primal = (X.detach() - Z).norm().item()
-            record.update(primal_residual=primal, dual_norm=(Lam / rho).norm(dim=-1).mean().item())
+            b.Lam = b.Lam + b.rho * (b.X.detach() - b.Z) * free_mask  # dual ascent
+            primal = (b.X.detach() - b.Z).norm().item()
+            record.update(primal_residual=primal, dual_norm=(b.Lam / b.rho).norm(dim=-1).mean().item())
             if cfg.rho_growth != 1.0:
-                rho *= cfg.rho_growth
+                b.rho *= cfg.rho_growth
             elif cfg.adaptive_rho and t > 0:
                 if primal > 10 * record["dual_residual"]:
-                    rho *= 2
+                    b.rho *= 2
                 elif record["dual_residual"] > 10 * primal:
-                    rho /= 2
-        history.append(record)
-        outer.set_postfix({k: round(v, 4) for k, v in record.items() if k in ("f_Z", "f_X", "changed_fraction")})
-        if checkpoint is not None:
-            save_checkpoint(checkpoint, X, Lam, Z_ids, opt, rho, t + 1, best, history)
-        if use_admm and t > 0 and record["changed_fraction"] < cfg.stop_changed_fraction:
-            break
+                    b.rho /= 2
+        b.history.append(record)
+        b.t = t + 1
+        if b.checkpoint is not None:
+            save_checkpoint(b.checkpoint, b.X, b.Lam, b.Z_ids, b.opt, b.rho, b.t, b.best, b.history)
+    return records
+
+
+def run_batches(problem: Problem, batch_size: int, seeds: list[int], checkpoints: list[Path | None] | None = None,
+                progress: bool = True) -> list[dict]:
+    """Generate several batches of B sequences of one class, stepped together (`outer_iteration`); batch i
+    draws its start from seeds[i] and checkpoints to checkpoints[i] after every outer iteration, and resumes
+    from it. Returns, per batch: ids, per-sample loss and log-perplexity, f(Z), history."""
+    cfg = problem.cfg
+    use_admm = cfg.projection == "admm"
+    states = [start_batch(problem, batch_size, seed, ckpt)
+              for seed, ckpt in zip(seeds, checkpoints or [None] * len(seeds))]
+    t0 = min(b.t for b in states)
+    outer = tqdm(range(t0, cfg.outer_steps), desc="ADMM outer", leave=False, disable=not progress,
+                 initial=t0, total=cfg.outer_steps)
+    for t in outer:
+        live = [b for b in states if b.t == t and not settled(cfg, b)]  # a batch resumed further on waits
+        if live:
+            records = outer_iteration(problem, live, t, progress)
+            outer.set_postfix({k: round(sum(r[k] for r in records) / len(records), 4)
+                               for k in ("f_Z", "f_X", "changed_fraction") if k in records[0]})
+    if cfg.outer_steps:  # final projection of the last iterates; each batch keeps its best-matching Z-step
+        E = torch.cat([b.X.detach() + (b.Lam / b.rho if use_admm else 0) for b in states])
+        ids, logppl = project_stacked(problem, E, [b.rho if use_admm else 0.0 for b in states], progress)
+        f_final = problem.f_each(len(states), ids=ids).tolist()
+        for i, b in enumerate(states):
+            if f_final[i] <= b.best["f_Z"]:
+                rows = slice(i * batch_size, (i + 1) * batch_size)
+                b.best = {"f_Z": f_final[i], "ids": ids[rows].cpu(), "logppl": logppl[rows].cpu(), "t": cfg.outer_steps}
+    return [finish_batch(problem, b, progress) for b in states]
+
+
+def finish_batch(problem: Problem, state: BatchState, progress: bool) -> dict:
+    """A batch's result from its best Z (the LM's own tokens without ADMM), after the exact swaps if any."""
+    cfg, dev, best = problem.cfg, problem.emb.device, state.best
     if cfg.outer_steps == 0:  # no ADMM (init lm, swaps only): the LM's own tokens are the start
-        ids = init_ids.to(dev)
+        ids = state.init_ids.to(dev)
         best = {"f_Z": problem.f_ids(ids).item(), "ids": ids.cpu(), "logppl": problem.log_ppl(ids).cpu(), "t": 0}
-    else:  # final projection of the last iterate; the batch whose tokens match best over all Z-steps is kept
-        E = X.detach() + (Lam / rho if use_admm else 0)
-        ids, logppl = problem.project(E, progress, rho if use_admm else 0.0)
-        f_final = problem.f_ids(ids).item()
-        if f_final <= best["f_Z"]:
-            best = {"f_Z": f_final, "ids": ids.cpu(), "logppl": logppl.cpu(), "t": cfg.outer_steps}
     swaps = {}
     if cfg.swap_steps:  # exact swaps from the kept tokens: every applied swap lowers f(Z)
         ids, steps = refine_by_swaps(problem, best["ids"].to(dev), cfg.swap_steps, cfg.swap_next_topk,
@@ -350,6 +436,13 @@ def run_batch(problem: Problem, batch_size: int, seed: int, checkpoint: Path | N
         best = {"f_Z": problem.f_ids(ids).item(), "ids": ids.cpu(), "logppl": problem.log_ppl(ids).cpu(), "t": best["t"]}
     ids = best["ids"].to(dev)
     return {"ids": ids.cpu(), "per_sample_loss": problem.f_ids(ids, per_sample=True).cpu(),
-            "logppl": best["logppl"], "f_Z": best["f_Z"], "best_t": best["t"], "f_X_final": problem.f(X.detach()).item(),
-            "history": history, **swaps, **({"f_init_candidates": init_losses} if init_losses is not None else {})}
+            "logppl": best["logppl"], "f_Z": best["f_Z"], "best_t": best["t"],
+            "f_X_final": problem.f(state.X.detach()).item(), "outer_steps_run": len(state.history),
+            "history": state.history, **swaps,
+            **({"f_init_candidates": state.init_losses} if state.init_losses is not None else {})}
 
+
+def run_batch(problem: Problem, batch_size: int, seed: int, checkpoint: Path | None = None,
+              progress: bool = True) -> dict:
+    """Generate one batch of B sequences for one class (`run_batches` with one batch)."""
+    return run_batches(problem, batch_size, [seed], [checkpoint], progress)[0]

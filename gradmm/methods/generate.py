@@ -21,7 +21,7 @@ from gradmm.config import (
     as_dict,
     config_hash,
 )
-from gradmm.core.admm import JointProblem, Layout, Problem, check_config, run_batch
+from gradmm.core.admm import JointProblem, Layout, Problem, check_config, run_batches
 from gradmm.core.data import TEMPLATES, Task, default_wording, load_task
 from gradmm.core.dp import MECHANISMS, noise_generator, noisy_target
 from gradmm.core.matching import Target, class_targets, joint_target
@@ -203,17 +203,30 @@ def generate(task: Task | DataConfig, model_cfg: ModelConfig, gen: GenerateConfi
             def batch_file(b, name=name):
                 return out / "batches" / f"{name}-batch{b}.safetensors"
 
-            def run_one(b, c=c, name=name, problem=problem, n_batches=n_batches):
-                check_claim(out, params)  # a run with other params must not have taken the directory meanwhile
-                log.info("%s batch %d/%d", name if c is None else task.class_names[c], b + 1, n_batches)
-                seed = gen.seed * 1_000_003 + (task.n_classes if c is None else c) * 1_009 + b  # own stream per batch
-                ckpt = out / "batches" / f"{name}-batch{b}.ckpt"
-                save_batch_result(batch_file(b), run_batch(problem, gen.batch_size, seed, ckpt, progress))
-                ckpt.unlink(missing_ok=True)
+            # A unit of work: parallel_batches batches stepped together (one batch: the paper's loop).
+            K = gen.parallel_batches
+            units = [list(range(u, min(u + K, n_batches))) for u in range(0, n_batches, K)]
 
-            # Other processes started with the same command take the batches this one has not (worksharing).
-            shared_loop(range(n_batches), lambda b: out / "batches" / ".locks" / batch_file(b).name,
-                        lambda b: batch_file(b).exists(), run_one)
+            def unit_lock(u, name=name, units=units):
+                first, last = units[u][0], units[u][-1]
+                return out / "batches" / ".locks" / (batch_file(first).name if first == last else
+                                                     f"{name}-batches{first}-{last}.safetensors")
+
+            def run_unit(u, c=c, name=name, problem=problem, n_batches=n_batches, units=units):
+                check_claim(out, params)  # a run with other params must not have taken the directory meanwhile
+                todo = [b for b in units[u] if not batch_file(b).exists()]
+                log.info("%s batch %s/%d", name if c is None else task.class_names[c],
+                         ", ".join(str(b + 1) for b in todo), n_batches)
+                # own random stream per batch, whichever unit it is stepped in
+                seeds = [gen.seed * 1_000_003 + (task.n_classes if c is None else c) * 1_009 + b for b in todo]
+                ckpts = [out / "batches" / f"{name}-batch{b}.ckpt" for b in todo]
+                for b, ckpt, result in zip(todo, ckpts, run_batches(problem, gen.batch_size, seeds, ckpts, progress)):
+                    save_batch_result(batch_file(b), result)
+                    ckpt.unlink(missing_ok=True)
+
+            # Other processes started with the same command take the units this one has not (worksharing).
+            shared_loop(range(len(units)), unit_lock, lambda u, units=units: all(batch_file(b).exists() for b in units[u]),
+                        run_unit)
             results = [load_batch_result(batch_file(b)) for b in range(n_batches)]
             for b, result in enumerate(results):
                 for i, ids in enumerate(result["ids"]):
@@ -225,6 +238,7 @@ def generate(task: Task | DataConfig, model_cfg: ModelConfig, gen: GenerateConfi
                 "f_Z": [r["f_Z"] for r in results], "f_X_final": [r["f_X_final"] for r in results],
                 "last_changed_fraction": [r["history"][-1].get("changed_fraction") if r["history"] else None
                                           for r in results],
+                "outer_steps_run": [len(r["history"]) for r in results],
                 "mean_log_perplexity": sum(r["logppl"].mean().item() for r in results) / len(results),
                 **({"f_Z_before_swaps": [r["f_Z_before_swaps"] for r in results]} if gen.swap_steps else {}),
                 # f of each LM batch drawn at the start: [0] = no matching's pick, min = the best batch
