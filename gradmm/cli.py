@@ -33,6 +33,14 @@ log = logging.getLogger("gradmm")
 USER_ERRORS = (ValueError, OSError, KeyError)
 
 
+def _ray_args(p) -> None:
+    p.add_argument("--ray-workers", type=_at_least(0), default=0, help="run the ADMM batches on this many Ray "
+                   "actors (one GPU each where the model runs on a GPU); 0 = here (other processes running the same "
+                   "command share the work)")
+    p.add_argument("--ray-address", help="a running Ray cluster ('auto', 'ray://host:10001'; default: RAY_ADDRESS, "
+                   "else a local cluster of --ray-workers CPUs)")
+
+
 def _at_least(low: int):
     """An argparse type: an integer ≥ low."""
     def parse(text: str) -> int:
@@ -134,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_at_least(0), help="overrides generate.seed")
     p.add_argument("--archive-stale", action="store_true",
                    help="move a run directory holding other params to .archive/ beside it instead of refusing")
+    _ray_args(p)
     p = stage("filter", "label-consistency filter, rank by match loss, balance -> training set", cmd_filter)
     p.add_argument("--raw", required=True, help="raw.jsonl written by `gradmm generate`")
     p.add_argument("--variant", help="the generator variant the raw texts came from (its dp settings apply)")
@@ -165,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", required=True, help="a GRADMM variant or a study baseline (study.methods)")
     p.add_argument("--screen", action="store_true", help="a cell of the screen (study.screen replaces the study's "
                    "datasets, n_per_class and methods)")
+    _ray_args(p)
     p = stage("privacy-attacks", "membership inference on fine-tuned models, canaries and the DP sweep for one "
               "dataset (privacy section; resumable)", cmd_privacy_attacks)
     p.add_argument("--study", default="studies/variants", help="the variants study's cells (<study>/<dataset>/<method>/)")

@@ -32,6 +32,7 @@ from gradmm.experiments.privacy import check_privacy, run_attacks
 from gradmm.experiments.transfer import run_target, settings
 from gradmm.experiments.variants import check_study, finetune_overrides, run_cell, screen_config
 from gradmm.io.paths import PROJECT_ROOT, cache_dir, data_dir
+from gradmm.io.ray_engine import Engine, check_engine
 from gradmm.io.records import check_writable, read_text_rows, write_json, write_jsonl
 from gradmm.methods import filtering, finetune, registry
 from gradmm.methods.generate import check_dp, generate
@@ -122,8 +123,11 @@ def cmd_generate(args) -> dict:
     dp = load_config(DPConfig, "dp", args.params, overrides)
     admm.check_config(gen)
     check_dp(dp, gen)
+    engine = Engine(args.ray_workers, args.ray_address)
+    check_engine(engine)
     check_writable(Path(args.out), directory=True)
-    metrics = generate(_task(args, data_cfg), model_cfg, gen, dp, Path(args.out), archive_stale=args.archive_stale)
+    metrics = generate(_task(args, data_cfg), model_cfg, gen, dp, Path(args.out), archive_stale=args.archive_stale,
+                       engine=engine)
     for c in metrics["classes"]:
         print(f"{c['class']}: L={c['seq_len']} f(Z) per batch {[round(v, 4) for v in c['f_Z']]} "
               f"log-ppl {c['mean_log_perplexity']:.2f}" + (f" SNR {c['snr']:.2e}" if c["snr"] is not None else ""))
@@ -240,11 +244,13 @@ def cmd_study(args) -> list:
         raise ValueError(f"method {args.method!r} is not in study.{'screen.' if args.screen else ''}methods {cfg.methods}")
     ft = load_config(FinetuneConfig, "finetune", args.params, finetune_overrides(cfg) + list(args.overrides))
     finetune.check_config(ft)
+    engine = Engine(args.ray_workers, args.ray_address)
+    check_engine(engine)
     check_writable(Path(args.out), directory=True)
     results = run_cell(_task(args, data_cfg), args.method, cfg, args.params, model_cfg, ft,
                        load_config(FilterConfig, "filter", args.params, args.overrides),
                        load_config(ExperimentConfig, "experiment", args.params, args.overrides), Path(args.out),
-                       overrides=args.overrides)
+                       overrides=args.overrides, engine=engine)
     accs = [r["test_accuracy"] for r in results if not r.get("empty_trainset")]
     empty = f", {len(results) - len(accs)} with an EMPTY training set (no accuracy)" if len(accs) < len(results) else ""
     print(f"{args.method}: {len(results)} runs{empty}" + (f", test accuracy mean {sum(accs) / len(accs):.3f} "

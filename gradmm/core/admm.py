@@ -184,9 +184,14 @@ class JointProblem(Problem):
         C = len(label_ids)
         if cfg.batch_size % C:
             raise ValueError(f"generate.joint needs batch_size ({cfg.batch_size}) divisible by the {C} classes")
-        self.row_class = torch.arange(C).repeat_interleave(cfg.batch_size // C)
+        self.row_class = self.row_classes(C, cfg.batch_size)
         self.y = torch.tensor(label_ids, device=self.emb.device)[self.row_class.to(self.emb.device)]
         self.decoding_prefixes = decoding_prefixes
+
+    @staticmethod
+    def row_classes(n_classes: int, batch_size: int) -> torch.Tensor:
+        """(B,) the class of each row of a joint batch: B/C rows per class, in class order."""
+        return torch.arange(n_classes).repeat_interleave(batch_size // n_classes)
 
     def groups(self, batch_size: int) -> list[tuple[torch.Tensor, list[int]]]:
         if batch_size != len(self.row_class):

@@ -19,7 +19,7 @@ For a tied model (SmolLM2) W is the embedding matrix in its output role only: th
 input-embedding use of the same matrix is ignored (the output-side head gradient in closed form).
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
@@ -104,6 +104,15 @@ class Target:
         if self.noise_W is not None:
             G_W = G_W + self.noise_W.to(GRAM_DTYPE)
         return G_W, (self.G_b if self.has_bias else None)
+
+
+def target_on(target: Target, device: torch.device) -> Target:
+    """The target with its tensors on `device` (a Ray worker's model may sit on another device than the driver's)."""
+    if target.R.device == torch.device(device):
+        return target
+    moved = {k: None if getattr(target, k) is None else getattr(target, k).to(device)
+             for k in ("R", "H", "weight", "center", "noise_W", "noise_b")}
+    return replace(target, **moved)
 
 
 def residuals(logits: Tensor, y: int | Tensor) -> Tensor:

@@ -40,6 +40,7 @@ from gradmm.core.diagnostics import bootstrap_ci
 from gradmm.core.matching import hidden_and_logits, match_loss
 from gradmm.core.models import load_model
 from gradmm.core.scoring import first_label_ids
+from gradmm.io.ray_engine import LOCAL, Engine
 from gradmm.io.records import read_json, read_jsonl, read_text_rows, write_json, write_jsonl
 from gradmm.io.worksharing import claimed_run_dir, file_lock, shared_loop
 from gradmm.methods import registry
@@ -100,8 +101,9 @@ def cell_experiment_keys(exp_cfg) -> dict:
 
 
 def run_cell(task, method: str, cfg: StudyConfig, params_file: str, model_cfg, finetune_cfg, filter_cfg,
-             exp_cfg, out: Path, overrides: list[str] = (), progress: bool = True) -> list[dict]:
-    """Run (or resume) one dataset × method cell; returns every result of the cell."""
+             exp_cfg, out: Path, overrides: list[str] = (), progress: bool = True, engine: Engine = LOCAL) -> list[dict]:
+    """Run (or resume) one dataset × method cell; returns every result of the cell. `engine`: where the
+    generation's ADMM batches run (`gradmm.methods.generate.generate`)."""
     check_study(cfg)
     if not task.dev or not task.test:
         raise ValueError(f"task {task.name!r} needs non-empty dev (model selection) and test (reporting) splits")
@@ -153,7 +155,8 @@ def run_cell(task, method: str, cfg: StudyConfig, params_file: str, model_cfg, f
             metrics = None
             if registry.get(method).generated and not set_path.is_file():  # outside the set's lock: workers share the batches
                 gen, dp, _ = gens[g]
-                metrics = generate(task, model_cfg, gen, dp, out / f"generated-g{g}", progress=progress, archive_stale=True)
+                metrics = generate(task, model_cfg, gen, dp, out / f"generated-g{g}", progress=progress, archive_stale=True,
+                                   engine=engine)
             with file_lock(out / ".locks" / set_path.name):  # runs of other seeds share a generated set
                 if not set_path.is_file():
                     make_set(set_path, n, g, s, metrics)

@@ -9,8 +9,10 @@ import hashlib
 import json
 import logging
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
+
+import torch
 
 from gradmm.config import (
     DEFAULT_MAX_TEXT_TOKENS,
@@ -24,10 +26,11 @@ from gradmm.config import (
 from gradmm.core.admm import JointProblem, Layout, Problem, check_config, run_batches
 from gradmm.core.data import TEMPLATES, Task, default_wording, load_task
 from gradmm.core.dp import MECHANISMS, noise_generator, noisy_target
-from gradmm.core.matching import Target, class_targets, joint_target
-from gradmm.core.models import load_model, load_tokenizer
+from gradmm.core.matching import Target, class_targets, joint_target, target_on
+from gradmm.core.models import input_embeddings, load_model, load_tokenizer
 from gradmm.core.projection import allowed_token_mask
 from gradmm.core.scoring import first_label_ids, prompt_ids, template_prompt
+from gradmm.io.ray_engine import LOCAL, Engine, run_on_ray
 from gradmm.io.records import write_json, write_jsonl
 from gradmm.io.tensorfiles import load_tensors, save_tensors
 from gradmm.io.worksharing import check_claim, claimed_run_dir, file_lock, shared_loop
@@ -154,12 +157,54 @@ def load_batch_result(path: Path) -> dict:
 BATCH_TENSORS = ("ids", "per_sample_loss", "logppl")
 
 
+@dataclass
+class GroupSpec:
+    """Everything one group's (a class's, or the joint batch's) ADMM problem needs but the model: what a Ray
+    worker receives to build the problem on its own copy of the model."""
+
+    target: Target
+    layout: Layout
+    decoding_prefixes: list[list[int]]  # one per class of the group
+    label_ids: list[int] | None  # the joint batch's label token per class; None for one class
+    allowed: torch.Tensor
+    cfg: GenerateConfig
+
+
+def build_problem(model, spec: GroupSpec) -> Problem:
+    target = target_on(spec.target, input_embeddings(model).device)
+    allowed = spec.allowed.to(input_embeddings(model).device)
+    if spec.label_ids is not None:
+        return JointProblem(model, target, spec.layout, spec.decoding_prefixes, spec.label_ids, allowed, spec.cfg)
+    return Problem(model, target, spec.layout, spec.decoding_prefixes[0], allowed, spec.cfg)
+
+
+def unit_lock_name(names: list[str], unit: tuple[int, list[int]]) -> str:
+    """A unit's lock file: one batch keeps the batch's own name (runs started before units existed share it)."""
+    g, batches = unit
+    first, last = batches[0], batches[-1]
+    return f"{names[g]}-batch{first}.safetensors" if first == last else f"{names[g]}-batches{first}-{last}.safetensors"
+
+
+class GenerationWorker:
+    """A Ray actor: loads the model once, then runs units of ADMM batches sent by `generate` (engine Ray)."""
+
+    def __init__(self, model_cfg: ModelConfig, specs: list[GroupSpec], batch_size: int):
+        model, _ = load_model(model_cfg.name, model_cfg.device, model_cfg.dtype)
+        self.problems, self.batch_size = [build_problem(model, spec) for spec in specs], batch_size
+
+    def run(self, g: int, todo: list[int], seeds: list[int], ckpts: list[Path]) -> list[dict]:
+        return run_batches(self.problems[g], self.batch_size, seeds, ckpts, progress=False)
+
+
+
 def generate(task: Task | DataConfig, model_cfg: ModelConfig, gen: GenerateConfig, dp: DPConfig, out: Path,
-             progress: bool = True, archive_stale: bool = False) -> dict:
+             progress: bool = True, archive_stale: bool = False, engine: Engine = LOCAL) -> dict:
     """Run (or resume) a generation; writes out/raw.jsonl and out/generate_metrics.json, returns the metrics.
 
     Every check that can fail on the inputs runs before the directory is claimed and before the model loads,
-    so a refused run leaves the directory free for the corrected one.
+    so a refused run leaves the directory free for the corrected one. `engine`: where the units of work (one or
+    `parallel_batches` ADMM batches of a class) run: here, shared with other processes running the same command
+    (file locks), or on Ray workers; the texts are the same.
     """
     check_config(gen)
     check_dp(dp, gen)
@@ -188,50 +233,71 @@ def generate(task: Task | DataConfig, model_cfg: ModelConfig, gen: GenerateConfi
         else:
             targets, snrs = build_targets(model, tok, task, gen, dp)
         (out / "batches").mkdir(exist_ok=True)
-        rows, per_group, history = [], [], []
+        specs, names, n_batches, row_labels = [], [], [], []
         for g, c in enumerate(groups):
-            layout = layouts[g]
-            if c is None:
-                problem = JointProblem(model, targets[0], layout,
-                                       [decoding_prefix_ids(tok, task, k, gen) for k in range(task.n_classes)],
-                                       label_ids, allowed, gen)
-                name, n_batches, row_labels = "joint", gen.n_per_class * task.n_classes // gen.batch_size, problem.row_class.tolist()
-            else:
-                problem = Problem(model, targets[c], layout, decoding_prefix_ids(tok, task, c, gen), allowed, gen)
-                name, n_batches, row_labels = f"class{c}", gen.n_per_class // gen.batch_size, [c] * gen.batch_size
+            prefixes = [decoding_prefix_ids(tok, task, k, gen) for k in (range(task.n_classes) if c is None else [c])]
+            specs.append(GroupSpec(targets[g], layouts[g], prefixes, label_ids if c is None else None, allowed, gen))
+            names.append("joint" if c is None else f"class{c}")
+            n_batches.append(gen.n_per_class * (task.n_classes if c is None else 1) // gen.batch_size)
+            row_labels.append(JointProblem.row_classes(task.n_classes, gen.batch_size).tolist() if c is None
+                              else [c] * gen.batch_size)
 
-            def batch_file(b, name=name):
-                return out / "batches" / f"{name}-batch{b}.safetensors"
+        def batch_file(g, b):
+            return out / "batches" / f"{names[g]}-batch{b}.safetensors"
 
-            # A unit of work: parallel_batches batches stepped together (one batch: the paper's loop).
-            K = gen.parallel_batches
-            units = [list(range(u, min(u + K, n_batches))) for u in range(0, n_batches, K)]
+        # A unit of work: parallel_batches batches of one group stepped together (one batch: the paper's loop).
+        K = gen.parallel_batches
+        units = [(g, list(range(u, min(u + K, n_batches[g])))) for g in range(len(groups))
+                 for u in range(0, n_batches[g], K)]
 
-            def unit_lock(u, name=name, units=units):
-                first, last = units[u][0], units[u][-1]
-                return out / "batches" / ".locks" / (batch_file(first).name if first == last else
-                                                     f"{name}-batches{first}-{last}.safetensors")
+        def unit_call(unit):
+            """(group, batches still to do, their seeds, their checkpoints); own random stream per batch."""
+            g, batches = unit
+            todo = [b for b in batches if not batch_file(g, b).exists()]
+            seeds = [gen.seed * 1_000_003 + (task.n_classes if groups[g] is None else groups[g]) * 1_009 + b for b in todo]
+            return g, todo, seeds, [out / "batches" / f"{names[g]}-batch{b}.ckpt" for b in todo]
 
-            def run_unit(u, c=c, name=name, problem=problem, n_batches=n_batches, units=units):
+        def save_unit(call, results):
+            g, todo, _, ckpts = call
+            for b, ckpt, result in zip(todo, ckpts, results):
+                save_batch_result(batch_file(g, b), result)
+                ckpt.unlink(missing_ok=True)
+
+        def unit_done(unit):
+            return all(batch_file(unit[0], b).exists() for b in unit[1])
+
+        if engine.workers:  # Ray: the units go to `workers` actors, each holding the model once
+            calls = [unit_call(u) for u in units if not unit_done(u)]
+            check_claim(out, params)
+
+            def save_and_recheck(call, results):  # a finished unit is kept; then stop if another run took the dir
+                save_unit(call, results)
+                check_claim(out, params)
+
+            run_on_ray(GenerationWorker, (model_cfg, specs, gen.batch_size), calls, engine, save_and_recheck,
+                       gpus=1 if next(model.parameters()).device.type == "cuda" else 0)
+        else:
+            problems = [build_problem(model, spec) for spec in specs]
+
+            def run_unit(u):
                 check_claim(out, params)  # a run with other params must not have taken the directory meanwhile
-                todo = [b for b in units[u] if not batch_file(b).exists()]
-                log.info("%s batch %s/%d", name if c is None else task.class_names[c],
-                         ", ".join(str(b + 1) for b in todo), n_batches)
-                # own random stream per batch, whichever unit it is stepped in
-                seeds = [gen.seed * 1_000_003 + (task.n_classes if c is None else c) * 1_009 + b for b in todo]
-                ckpts = [out / "batches" / f"{name}-batch{b}.ckpt" for b in todo]
-                for b, ckpt, result in zip(todo, ckpts, run_batches(problem, gen.batch_size, seeds, ckpts, progress)):
-                    save_batch_result(batch_file(b), result)
-                    ckpt.unlink(missing_ok=True)
+                call = unit_call(units[u])
+                g, todo = call[0], call[1]
+                log.info("%s batch %s/%d", names[g] if groups[g] is None else task.class_names[groups[g]],
+                         ", ".join(str(b + 1) for b in todo), n_batches[g])
+                save_unit(call, run_batches(problems[g], gen.batch_size, call[2], call[3], progress))
 
             # Other processes started with the same command take the units this one has not (worksharing).
-            shared_loop(range(len(units)), unit_lock, lambda u, units=units: all(batch_file(b).exists() for b in units[u]),
-                        run_unit)
-            results = [load_batch_result(batch_file(b)) for b in range(n_batches)]
+            shared_loop(range(len(units)), lambda u: out / "batches" / ".locks" / unit_lock_name(names, units[u]),
+                        lambda u: unit_done(units[u]), run_unit)
+        rows, per_group, history = [], [], []
+        for g, c in enumerate(groups):
+            layout, name = layouts[g], names[g]
+            results = [load_batch_result(batch_file(g, b)) for b in range(n_batches[g])]
             for b, result in enumerate(results):
                 for i, ids in enumerate(result["ids"]):
                     text = tok.decode(ids[layout.free].tolist(), skip_special_tokens=True).strip()
-                    rows.append({"text": text, "label": row_labels[i], "match_loss": round(result["per_sample_loss"][i].item(), 6),
+                    rows.append({"text": text, "label": row_labels[g][i], "match_loss": round(result["per_sample_loss"][i].item(), 6),
                                  "log_perplexity": round(result["logppl"][i].item(), 6), "batch": b, "seed": gen.seed})
             per_group.append({
                 "class": "joint" if c is None else task.class_names[c], "seq_len": layout.seq_len, "snr": snrs[g],
