@@ -93,3 +93,15 @@ def test_the_match_ladder_draws_the_same_lm_batches(toy_data, tmp_path):
         assert b["f_init_candidates"] == a["f_init_candidates"]  # the same LM batches were drawn
         assert all(fa == pytest.approx(min(c), abs=1e-5) for fa, c in zip(a["f_Z"], a["f_init_candidates"]))
         assert first["f_Z"] == pytest.approx([c[0] for c in a["f_init_candidates"]], abs=1e-5)
+
+
+def test_the_wide_selection_draws_gradmm_selects_batches_and_more(toy_data, tmp_path):
+    """gradmm_select_wide draws 8 LM batches, the first 4 those of gradmm_select (same seeds): its pool holds
+    gradmm_select's, and its start, the best of 8 batches, matches at least as well as the best of 4."""
+    small = {"n_per_class": 2, "batch_size": 2, "max_seq_len": 10, "topk": 20}
+    out = {m: generate(toy_data, TINY, GenerateConfig(**{**GENERATORS[m]["generate"], **small}), DPConfig(),
+                       tmp_path / m, progress=False) for m in ("gradmm_select", "gradmm_select_wide")}
+    for narrow, wide in zip(out["gradmm_select"]["classes"], out["gradmm_select_wide"]["classes"]):
+        for c4, c8 in zip(narrow["f_init_candidates"], wide["f_init_candidates"]):
+            assert len(c4) == 4 and len(c8) == 8 and c8[:4] == c4
+            assert min(c8) <= min(c4)

@@ -104,6 +104,10 @@ GENERATORS = {
     # No matching at all: the first of those LM batches (same seeds), kept as drawn. Against gradmm_swap_start
     # (best batch by f) and gradmm_select (best rows by f): does choosing by the match make better training data?
     "gradmm_lm_start": {"generate": {"init": "lm", "center": True, "outer_steps": 0, "init_candidates": 1}},
+    # gradmm_select from twice the LM rows: 8 batches drawn, the first 4 those of gradmm_select (same seeds), so
+    # its pool holds gradmm_select's: does a wider choice by the match make better training data?
+    "gradmm_select_wide": {"generate": {"init": "lm", "center": True, "outer_steps": 0, "init_candidates": 8,
+                                        "init_select": "rows"}},
     # gradmm_select over nucleus samples (top-p 0.9, Holtzman et al. 2020): more fluent candidates to choose from
     "gradmm_select_nucleus": {"generate": {"init": "lm", "center": True, "outer_steps": 0, "init_candidates": 4,
                                            "init_select": "rows", "init_top_p": 0.9}},
