@@ -14,12 +14,12 @@ Z-step picks the same token from the same X, the fine-tuning losses after 6 step
 is 30 × (Z-step + 50 inner steps) for a batch of `batch` texts. Writes a markdown table (stdout, --out appends).
 """
 
-import argparse
 import sys
 
 import torch
 import torch.nn.functional as F
 from harness import (  # benchmarks/harness.py (run as a script, benchmarks/ is on sys.path)
+    batch_parser,
     emit,
     positive_class_problem,
     timed,
@@ -63,15 +63,7 @@ def measure(dtype: str, args, task, X0: torch.Tensor | None) -> dict:
 
 
 def main(argv=None) -> str:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="smollm2-135m")
-    ap.add_argument("--dataset", default="rtpolarity")
-    ap.add_argument("--batch", type=int, default=10)
-    ap.add_argument("--seq-len", type=int, default=28)
-    ap.add_argument("--topk", type=int, default=200)
-    ap.add_argument("--inner", type=int, default=10)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--out")
+    ap = batch_parser(__doc__)
     args = ap.parse_args(argv)
     units = bf16_units(torch.device("cpu"))
     if units is None:

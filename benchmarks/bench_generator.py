@@ -12,13 +12,13 @@ Measures, in one process and on one batch (median of `repeats`):
 and the peak resident memory of the process. Writes a markdown table (stdout, and --out if given).
 """
 
-import argparse
 import resource
 import sys
 
 import torch
 import torch.nn.functional as F
 from harness import (  # benchmarks/harness.py (run as a script, benchmarks/ is on sys.path)
+    batch_parser,
     emit,
     positive_class_problem,
     timed,
@@ -33,15 +33,7 @@ from gradmm.core.projection import project_to_tokens_naive
 
 
 def main(argv=None) -> str:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="smollm2-135m")
-    ap.add_argument("--dataset", default="rtpolarity")
-    ap.add_argument("--batch", type=int, default=10)
-    ap.add_argument("--seq-len", type=int, default=28)  # mean rtpolarity prompt length with SmolLM2: 27.6
-    ap.add_argument("--topk", type=int, default=200)
-    ap.add_argument("--inner", type=int, default=10)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--out")
+    ap = batch_parser(__doc__)
     args = ap.parse_args(argv)
 
     model, tok = load_model(args.model, device="cpu")

@@ -8,12 +8,10 @@ top-200 Z-steps, B = 10), timed on the path given: dtype, batches stepped togeth
 the wall time per 10 texts, the outer steps each batch ran before its early stop, and each batch's f(Z).
 """
 
-import argparse
 import time
-from types import SimpleNamespace
 
 import torch
-from harness import emit, positive_class_problem  # benchmarks/harness.py (benchmarks/ is on sys.path)
+from harness import batch_parser, emit, positive_class_problem  # benchmarks/harness.py (benchmarks/ is on sys.path)
 
 from gradmm.config import DataConfig
 from gradmm.core.admm import run_batches
@@ -22,23 +20,16 @@ from gradmm.core.models import load_model
 
 
 def main(argv=None) -> str:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="smollm2-135m")
-    ap.add_argument("--dataset", default="rtpolarity")
+    ap = batch_parser(__doc__, inner=50)
     ap.add_argument("--dtype", default="bfloat16")
-    ap.add_argument("--batch", type=int, default=10)
-    ap.add_argument("--seq-len", type=int, default=28)
     ap.add_argument("--parallel", type=int, default=2)
     ap.add_argument("--patience", type=int, default=5)
     ap.add_argument("--outer", type=int, default=30)
-    ap.add_argument("--inner", type=int, default=50)
     ap.add_argument("--init-candidates", type=int, default=500)
-    ap.add_argument("--out")
     args = ap.parse_args(argv)
     task = load_task(DataConfig(dataset=args.dataset))
     model, tok = load_model(args.model, device="cpu", dtype=args.dtype)
-    problem = positive_class_problem(model, tok, task, SimpleNamespace(topk=200, inner=args.inner, batch=args.batch,
-                                                                       seq_len=args.seq_len))
+    problem = positive_class_problem(model, tok, task, args)
     cfg = problem.cfg
     cfg.outer_steps, cfg.lr, cfg.init_candidates = args.outer, 0.008, args.init_candidates
     cfg.stop_patience, cfg.parallel_batches = args.patience, args.parallel
@@ -47,7 +38,7 @@ def main(argv=None) -> str:
     wall = time.perf_counter() - start
     texts = args.parallel * args.batch
     lines = [f"SmolLM2 ({args.model}), {args.dtype}, {args.outer} × {args.inner} steps, lr 0.008, "
-             f"{args.init_candidates} initial candidates, k = 200, B = {args.batch}, L = {args.seq_len}, "
+             f"{args.init_candidates} initial candidates, k = {args.topk}, B = {args.batch}, L = {args.seq_len}, "
              f"{args.parallel} batch(es) stepped together, stop_patience {args.patience}, "
              f"torch threads {torch.get_num_threads()}", "",
              "| texts | wall min | min per 10 texts | outer steps run per batch | f(Z) per batch |", "|---|---|---|---|---|",

@@ -12,11 +12,10 @@ each divided by the K·B texts, and as a speed-up over K = 1 of the same dtype. 
 30 × (Z-step + 50 inner steps) per 10 texts. Writes a markdown table (stdout, --out appends).
 """
 
-import argparse
 import sys
 
 import torch
-from harness import emit, positive_class_problem, timed  # benchmarks/harness.py (benchmarks/ is on sys.path)
+from harness import batch_parser, emit, positive_class_problem, timed  # benchmarks/harness.py (on sys.path)
 
 from gradmm.config import DataConfig
 from gradmm.core.admm import outer_iteration, start_batch
@@ -38,17 +37,9 @@ def measure(problem, K: int, args) -> dict:
 
 
 def main(argv=None) -> str:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="smollm2-135m")
-    ap.add_argument("--dataset", default="rtpolarity")
-    ap.add_argument("--batch", type=int, default=10)
-    ap.add_argument("--seq-len", type=int, default=28)
-    ap.add_argument("--topk", type=int, default=200)
-    ap.add_argument("--inner", type=int, default=10)
+    ap = batch_parser(__doc__)
     ap.add_argument("--parallel", type=int, nargs="+", default=[1, 2, 4])
     ap.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--out")
     args = ap.parse_args(argv)
     if "bfloat16" in args.dtypes and bf16_units(torch.device("cpu")) is None:
         print("this CPU has no bf16 units (amx_bf16 / avx512_bf16): fp32 only", file=sys.stderr)

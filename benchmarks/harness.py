@@ -1,5 +1,6 @@
 """What the CPU benchmarks share: a median timer, writing their markdown table, and the benchmark's GRADMM batch."""
 
+import argparse
 import statistics
 import time
 
@@ -8,6 +9,20 @@ from gradmm.core.admm import Layout, Problem
 from gradmm.core.matching import class_targets
 from gradmm.core.projection import allowed_token_mask
 from gradmm.methods.generate import decoding_prefix_ids
+
+
+def batch_parser(doc: str, inner: int = 10) -> argparse.ArgumentParser:
+    """The options every generator benchmark shares: model, data, the batch's shape, repeats, where to write."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--dataset", default="rtpolarity")
+    ap.add_argument("--batch", type=int, default=10)
+    ap.add_argument("--seq-len", type=int, default=28)  # mean rtpolarity prompt length with SmolLM2: 27.6
+    ap.add_argument("--topk", type=int, default=200)
+    ap.add_argument("--inner", type=int, default=inner)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--out")
+    return ap
 
 
 def timed(fn, repeats: int) -> float:
