@@ -226,7 +226,8 @@ def initialise(problem: Problem, batch_size: int, generator: torch.Generator) ->
         if cfg.init == "lm":
             seed = int(torch.randint(2**31 - 1, (1,), generator=generator))
             ids = problem.sample_ids(batch_size, seed)
-            sampled.append(ids)
+            if cfg.init_select == "rows":  # every drawn row is a candidate; otherwise only the best batch is kept
+                sampled.append(ids)
             X = problem.freeze(problem.emb[ids])
         else:
             ids = None
