@@ -9,6 +9,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from gradmm.commands import (
     cmd_baseline,
+    cmd_compare_cells,
     cmd_compare_results,
     cmd_diagnose,
     cmd_evaluate,
@@ -212,6 +213,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("committed", help="e.g. reports/tables/classification.csv")
     p.add_argument("rerun", help="e.g. .quick/reports/tables/classification.csv (scripts/quick.sh)")
     p.set_defaults(func=cmd_compare_results)
+
+    p = sub.add_parser("compare-cells", help="one study cell run in several studies (e.g. fp32 and the fast path): "
+                       "accuracy, seed spread, f(Z), Welch's p against the first")
+    p.add_argument("studies", nargs="+", help="LABEL=FOLDER: each study's cells (<folder>/<dataset>/<method>/)")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--method", required=True)
+    p.add_argument("--out", help="write the table here (csv)")
+    p.set_defaults(func=cmd_compare_cells)
 
     p = sub.add_parser("runtimes", help="stage runtimes of a full-profile run (its times.tsv), per stage and dataset")
     p.add_argument("times", nargs="?", default="studies/full-profile/times.tsv")

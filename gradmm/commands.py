@@ -316,6 +316,21 @@ def cmd_compare_results(args) -> None:
     print(compare_tables(args.committed, args.rerun)[1])
 
 
+def cmd_compare_cells(args) -> None:
+    studies = {}
+    for item in args.studies:
+        label, sep, folder = item.rpartition("=")
+        if not sep or not label or not Path(folder).is_dir():
+            raise ValueError(f"compare-cells: {item!r} is not LABEL=FOLDER with an existing folder of study cells")
+        studies[label] = Path(folder)
+    table = variants.compare_cells(studies, args.dataset, args.method)
+    if args.out:
+        check_writable(Path(args.out))
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        table.round(4).to_csv(args.out, index=False)
+    print(table.round(3).to_string(index=False))
+
+
 def cmd_runtimes(args) -> None:
     times = Path(args.times)
     if not times.is_file():

@@ -204,3 +204,37 @@ def test_health_of_an_lm_text_cell_reports_the_unmatched_start(tmp_path):
     row = health(tmp_path).iloc[0]
     assert row.f_Z_last == pytest.approx(0.35) and row.logppl_Z_last == pytest.approx(4.5)
     assert row.f_Z_unmatched == pytest.approx((0.9 + 0.7 + 0.5 + 0.3) / 4)
+
+
+def test_compare_cells_puts_one_cell_of_two_studies_side_by_side(tmp_path, capsys):
+    """`gradmm compare-cells`: the same cell from two study folders, each with its seed spread, mean f(Z), dtype
+    and Welch's p against the first; a label without a folder is refused by name."""
+    import pandas as pd
+
+    from gradmm.io.records import write_json
+
+    def cell(study, accs, f_Z, dtype):
+        folder = tmp_path / study / "toy" / "gradmm"
+        for g, acc in enumerate(accs):
+            for s, d in enumerate([-0.01, 0.01]):
+                write_json(folder / f"result-n20-g{g}-s{s}.json", {
+                    "dataset": "toy", "model": "x", "method": "gradmm", "n_per_class": 20, "generation_seed": g,
+                    "seed": s, "test_accuracy": acc + d})
+            write_json(folder / f"generated-g{g}" / "generate_metrics.json", {"classes": [{"f_Z": [f_Z, f_Z]}]})
+            write_json(folder / f"generated-g{g}" / "run_config.json", {"model": {"dtype": dtype}})
+
+    cell("a", [0.70, 0.72, 0.74], 0.5, "float32")
+    cell("b", [0.50, 0.52, 0.54], 0.4, "bfloat16")
+    out = tmp_path / "cmp.csv"
+    assert main(["compare-cells", f"fp32={tmp_path / 'a'}", f"fast={tmp_path / 'b'}", "--dataset", "toy",
+                 "--method", "gradmm", "--out", str(out)]) == 0
+    table = pd.read_csv(out)
+    assert table.cell.tolist() == ["fp32", "fast"]
+    assert table["mean"].tolist() == pytest.approx([0.72, 0.52])
+    assert table.sd_between_sets.tolist() == pytest.approx([0.02, 0.02])
+    assert table.f_Z_mean.tolist() == pytest.approx([0.5, 0.4]) and table.model_dtype.tolist() == ["float32", "bfloat16"]
+    assert table.welch_p_vs_first.isna().tolist() == [True, False] and table.welch_p_vs_first[1] < 0.001
+    capsys.readouterr()
+    assert main(["compare-cells", f"fp32={tmp_path / 'missing'}", "--dataset", "toy", "--method", "gradmm"]) == 2
+    err = capsys.readouterr().err
+    assert "LABEL=FOLDER" in err and "missing" in err and "Traceback" not in err

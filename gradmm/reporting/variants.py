@@ -127,6 +127,34 @@ def seed_spread(df: "pd.DataFrame") -> "pd.DataFrame":
     return pd.DataFrame(rows)
 
 
+def batch_f_Z(cell: Path) -> float:
+    """Mean f(Z) over every generated batch of a cell (all generation seeds, all classes)."""
+    values = [f for path in sorted(Path(cell).glob("generated-g*/generate_metrics.json"))
+              for c in read_json(path)["classes"] for f in c["f_Z"]]
+    return sum(values) / len(values) if values else float("nan")
+
+
+def compare_cells(studies: dict[str, Path], dataset: str, method: str) -> "pd.DataFrame":
+    """The same dataset × method cell run in several studies (e.g. fp32 and the fast path), one row each: the
+    seed spread, the cell's mean f(Z), the model dtype it generated with, Welch's p against the first."""
+    from scipy.stats import ttest_ind
+
+    rows, first = [], None
+    for label, study in studies.items():
+        df = collect(study)
+        df = df[(df.dataset == dataset) & (df.method == method)]
+        if df.empty:
+            raise ValueError(f"no results of {dataset}/{method} under {study}/: run that cell first")
+        first = df if first is None else first
+        cell = Path(study) / dataset / method
+        config = cell / "generated-g0" / "run_config.json"
+        rows.append({**seed_spread(df).iloc[0].to_dict(), "method": label, "f_Z_mean": batch_f_Z(cell),
+                     "model_dtype": read_json(config)["model"]["dtype"] if config.is_file() else None,
+                     "welch_p_vs_first": float("nan") if df is first else
+                     ttest_ind(first.accuracy, df.accuracy, equal_var=False).pvalue})
+    return pd.DataFrame(rows).rename(columns={"method": "cell"})
+
+
 def seed_spread_lines(spread: "pd.DataFrame") -> list[str]:
     lines = ["## Seed spread", "",
              "Test accuracy (%) per cell: `between sets` = sd over generation seeds of each generated set's mean; "
