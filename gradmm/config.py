@@ -384,9 +384,10 @@ def parse_value(raw: str, annotation=None):
 def load_config(cls, section: str, params_path: str | Path = "params.yaml", overrides: list[str] = ()):
     """The dataclass for one params.yaml section, with command-line overrides applied on top."""
     params = read_params(params_path)
-    unknown = sorted(set(params) - set(section_classes()))
+    known = set(section_classes()) | {"variants"}  # variants: GRADMM variants' settings (registry.variant_settings)
+    unknown = sorted(set(params) - known)
     if unknown:  # a misspelt section would leave its stage on the defaults
-        raise ValueError(f"params file {params_path}: unknown section(s) {unknown}; known: {sorted(section_classes())}")
+        raise ValueError(f"params file {params_path}: unknown section(s) {unknown}; known: {sorted(known)}")
     values = dict(params.get(section) or {})
     values.update(parse_overrides(list(overrides)).get(section, {}))
     return build(cls, values, section)
@@ -426,6 +427,13 @@ def apply_profile(profile_path: str | Path, params_path: str | Path = "params.ya
             if params[section][key] != value:
                 params[section][key] = value
                 changed.append(f"{section}.{key}")
+    if "variants" in params:  # DVC's generate stages track each generator's entry: add the profile's new ones
+        from gradmm.methods.registry import variant_settings
+
+        for generator in (params.get("experiment") or {}).get("generators") or []:
+            if generator not in params["variants"]:
+                params["variants"][generator] = variant_settings(generator)
+                changed.append(f"variants.{generator}")
     with params_path.open("w") as f:
         rt.dump(params, f)
     return changed

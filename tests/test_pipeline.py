@@ -37,6 +37,7 @@ TINY_PARAMS = {
                 "attack_lr": 1.0e-3, "second_model": ""},
     "transfer": {"datasets": ["local"], "targets": ["minilm"], "n_per_class": 2, "methods": ["random_real", "gradmm_joint"],
                  "seeds": [0]},
+    "variants": {"gradmm": {}},
 }
 
 
@@ -103,3 +104,10 @@ def test_dvc_pipeline_runs_once_and_only_reruns_what_changed(tmp_path):
     assert not any(s.startswith(("prepare", "baseline")) for s in changed)
     assert "finetune@local-random_real-2-0" not in changed
     assert "study@local-gradmm_joint" in changed and "study@local-random_real" in changed  # both read `generate`
+
+    params["generate"]["rho"] = 0.1  # back, and the faithful variant's own settings edited instead
+    params["variants"]["gradmm"] = {"generate": {"center": True}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    changed = set(json.loads(_run(["dvc", "status", "--json"], tmp_path)))
+    assert {"generate@local-gradmm-0", "filter@local-gradmm-2-0"} <= changed
+    assert not any(s.startswith(("prepare", "baseline", "finetune", "report")) for s in changed)

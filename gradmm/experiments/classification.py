@@ -17,6 +17,7 @@ from gradmm.config import (
     GenerateConfig,
     ModelConfig,
     load_config,
+    read_params,
 )
 from gradmm.core.data import load_task, task_from_dir, write_task
 from gradmm.core.models import load_model
@@ -76,7 +77,7 @@ def produce_missing(missing: list[tuple[str, str, int, int]], runs_dir: str | Pa
             train = trainset_file(runs_dir, dataset, method, n, seed)
             generator = registry.generator_of(method)
             if generator:  # the generate and filter stages
-                overrides = base + registry.variant_overrides(generator) + [f"generate.seed={seed}"]
+                overrides = base + registry.variant_overrides(generator, read_params(params_file)) + [f"generate.seed={seed}"]
                 gen = load_config(GenerateConfig, "generate", params_file, overrides)
                 dp = load_config(DPConfig, "dp", params_file, overrides)
                 out = runs_dir / dataset / "generated" / f"{generator}-seed{seed}"  # shared by every budget

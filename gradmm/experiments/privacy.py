@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from gradmm.config import DPConfig, GenerateConfig, PrivacyConfig, as_dict, load_config
+from gradmm.config import DPConfig, GenerateConfig, PrivacyConfig, as_dict, load_config, read_params
 from gradmm.core.admm import check_config
 from gradmm.core.data import Example
 from gradmm.core.models import load_model
@@ -136,7 +136,8 @@ def run_attacks(task, cfg: PrivacyConfig, study_cfg, params_file: str, model_cfg
     if missing:
         raise FileNotFoundError(f"no n={cfg.n_per_class} training set of {missing} under {study_dir}/{task.name}: "
                                 "run those study cells first")
-    gen = load_config(GenerateConfig, "generate", params_file, method_overrides(cfg.canary_method, study_cfg, 0))
+    overrides = method_overrides(cfg.canary_method, study_cfg, 0, read_params(params_file))
+    gen = load_config(GenerateConfig, "generate", params_file, overrides)
     check_config(gen)
     model, tok = load_model(model_cfg.name, model_cfg.device, model_cfg.dtype)
 

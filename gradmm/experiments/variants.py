@@ -34,6 +34,7 @@ from gradmm.config import (
     build,
     config_hash,
     load_config,
+    read_params,
 )
 from gradmm.core.admm import check_config
 from gradmm.core.diagnostics import bootstrap_ci
@@ -87,10 +88,11 @@ def finetune_overrides(cfg: StudyConfig) -> list[str]:
     return [f"finetune.{k}={json.dumps(v)}" for k, v in cfg.finetune.items()]
 
 
-def method_overrides(method: str, cfg: StudyConfig, generation_seed: int) -> list[str]:
-    """`section.key=value` overrides that configure a GRADMM variant inside the study."""
+def method_overrides(method: str, cfg: StudyConfig, generation_seed: int, params: dict | None = None) -> list[str]:
+    """`section.key=value` overrides that configure a GRADMM variant inside the study (`params`: the study's
+    params file, whose `variants` section, if any, wins over the registry's settings)."""
     # The study's schedule first, so that a variant's own settings (e.g. gradmm_converge's steps) win.
-    return ([f"generate.{k}={json.dumps(v)}" for k, v in cfg.generate.items()] + variant_overrides(method)
+    return ([f"generate.{k}={json.dumps(v)}" for k, v in cfg.generate.items()] + variant_overrides(method, params)
             + [f"generate.n_per_class={cfg.raw_per_class}", f"generate.seed={generation_seed}"])
 
 
@@ -111,7 +113,7 @@ def run_cell(task, method: str, cfg: StudyConfig, params_file: str, model_cfg, f
     gens = {}
     if registry.get(method).generated:  # every check before the model loads
         for g in cfg.generation_seeds:
-            ov = method_overrides(method, cfg, g) + list(overrides)
+            ov = method_overrides(method, cfg, g, read_params(params_file)) + list(overrides)
             gens[g] = (load_config(GenerateConfig, "generate", params_file, ov), load_config(DPConfig, "dp", params_file, ov),
                        load_config(FilterConfig, "filter", params_file, ov))
             check_config(gens[g][0])

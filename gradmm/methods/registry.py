@@ -140,11 +140,36 @@ def names(kind: str | None = None, *, in_studies: bool | None = None, filtered: 
             and (in_studies is None or m.in_studies == in_studies) and (filtered is None or m.filtered == filtered)]
 
 
-def variant_overrides(generator: str) -> list[str]:
-    """`section.key=value` overrides that turn the params into a GRADMM variant."""
+VARIANT_SECTIONS = ("generate", "dp", "filter")
+
+
+def variant_settings(generator: str, params: dict | None = None) -> dict:
+    """A GRADMM variant's settings, {section: {key: value}} over the generate / dp / filter params.
+
+    A params file's `variants.<generator>` wins over the definition above: params.yaml lists the pipeline's
+    generators there, and DVC's generate and filter stages track each one's entry, so editing a variant's
+    settings re-runs that variant's stages only. Without an entry (a study's params file), the definition above.
+    """
     if generator not in GENERATORS:
         raise ValueError(f"unknown variant {generator!r}: use one of {sorted(GENERATORS)}")
-    return [f"{section}.{k}={json.dumps(v)}" for section, kv in GENERATORS[generator].items() for k, v in kv.items()]
+    own = (params or {}).get("variants") or {}
+    unknown = sorted(set(own) - set(GENERATORS))
+    if unknown:
+        raise ValueError(f"params section variants: {unknown} are not GRADMM variants; use any of {sorted(GENERATORS)}")
+    if generator not in own:
+        return GENERATORS[generator]
+    settings = own[generator] or {}
+    if not isinstance(settings, dict) or any(s not in VARIANT_SECTIONS or not isinstance(kv, dict)
+                                             for s, kv in settings.items()):
+        raise ValueError(f"params variants.{generator} must map some of the sections {list(VARIANT_SECTIONS)} to "
+                         f"key: value settings (e.g. {{generate: {{center: true}}}}), got {settings!r}")
+    return settings
+
+
+def variant_overrides(generator: str, params: dict | None = None) -> list[str]:
+    """`section.key=value` overrides that turn the params into a GRADMM variant (`variant_settings`)."""
+    return [f"{section}.{k}={json.dumps(v)}" for section, kv in variant_settings(generator, params).items()
+            for k, v in kv.items()]
 
 
 def generator_of(method: str) -> str | None:

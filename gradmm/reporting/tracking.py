@@ -31,7 +31,7 @@ import torch
 from gradmm import __version__
 from gradmm.config import as_dict, build, read_params, section_classes
 from gradmm.io.records import read_json
-from gradmm.methods.registry import GENERATORS, generator_of
+from gradmm.methods.registry import generator_of, variant_settings
 from gradmm.reporting import classification as report
 from gradmm.reporting.classification import health_figure_path
 
@@ -135,7 +135,7 @@ def relevant_params(params: dict, method: str, dataset: str | None = None, model
     dataclasses, the method's variant and the result's own dataset, model and budget applied
     (gradmm_dp shows dp.enabled = true, a result of rtpolarity shows data.dataset = rtpolarity)."""
     generator = generator_of(method)
-    overrides = {s: dict(v) for s, v in (GENERATORS.get(generator) or {}).items()}
+    overrides = {s: dict(v) for s, v in (variant_settings(generator, params) if generator else {}).items()}
     for section, key, value in (("data", "dataset", dataset), ("model", "name", model),
                                 ("experiment", "n_per_class", n_per_class), ("filter", "n_per_class", n_per_class)):
         if value is not None:
