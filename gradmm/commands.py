@@ -36,7 +36,7 @@ from gradmm.io.ray_engine import Engine, check_engine
 from gradmm.io.records import check_writable, read_text_rows, write_json, write_jsonl
 from gradmm.methods import filtering, finetune, registry
 from gradmm.methods.generate import check_dp, generate
-from gradmm.methods.registry import BASELINES, check_method, variant_overrides
+from gradmm.methods.registry import BASELINES, check_method, variant_overrides, variant_settings
 from gradmm.methods.trainsets import at_budget, check_experiment, evaluate_method, make_trainset
 from gradmm.reporting import transfer, variants
 from gradmm.reporting.classification import compare_tables
@@ -337,7 +337,7 @@ def cmd_runtimes(args) -> None:
 
 
 def cmd_profile(args) -> None:
-    changed = apply_profile(PROJECT_ROOT / "profiles" / f"{args.name}.yaml", args.params)
+    changed = apply_profile(PROJECT_ROOT / "profiles" / f"{args.name}.yaml", args.params, variant_settings)
     print(f"profile {args.name}: {len(changed)} values changed in {args.params}"
           + (f" ({', '.join(changed)})" if changed else "") + "; `git checkout params.yaml` returns to quick")
 

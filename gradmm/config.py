@@ -403,8 +403,9 @@ def config_hash(*cfgs) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-def apply_profile(profile_path: str | Path, params_path: str | Path = "params.yaml") -> list[str]:
+def apply_profile(profile_path: str | Path, params_path: str | Path = "params.yaml", settings_of=None) -> list[str]:
     """Merge a profile's sections into params.yaml in place, keeping its comments; returns the changed keys.
+    `settings_of(generator)` (registry.variant_settings) fills the `variants` entries of generators it adds.
 
     ruamel.yaml (a DVC dependency) round-trips the file so the commented params stay readable.
     """
@@ -427,12 +428,10 @@ def apply_profile(profile_path: str | Path, params_path: str | Path = "params.ya
             if params[section][key] != value:
                 params[section][key] = value
                 changed.append(f"{section}.{key}")
-    if "variants" in params:  # DVC's generate stages track each generator's entry: add the profile's new ones
-        from gradmm.methods.registry import variant_settings
-
+    if "variants" in params and settings_of:  # DVC's generate stages track each generator's entry: add new ones
         for generator in (params.get("experiment") or {}).get("generators") or []:
             if generator not in params["variants"]:
-                params["variants"][generator] = variant_settings(generator)
+                params["variants"][generator] = settings_of(generator)
                 changed.append(f"variants.{generator}")
     with params_path.open("w") as f:
         rt.dump(params, f)

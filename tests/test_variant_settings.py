@@ -61,7 +61,7 @@ def test_the_committed_pipeline_runs_the_registrys_variants():
 def test_a_profile_adds_the_entries_of_its_generators(tmp_path):
     params = tmp_path / "params.yaml"
     shutil.copy(ROOT / "params.yaml", params)
-    changed = apply_profile(ROOT / "profiles" / "full.yaml", params)
+    changed = apply_profile(ROOT / "profiles" / "full.yaml", params, variant_settings)
     merged = read_params(params)
     assert "variants.gradmm_dp" in changed
     for generator in merged["experiment"]["generators"]:
