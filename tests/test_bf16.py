@@ -2,6 +2,7 @@
 fp32 while the frozen model runs in bf16, fine-tuning with fp32 master weights. The CPU's flags are patched, so
 these run the same on a CI machine with or without the units (bf16 arithmetic works everywhere, only slower)."""
 
+import copy
 import logging
 import math
 
@@ -15,7 +16,8 @@ from gradmm.core.admm import Layout, Problem, run_batch
 from gradmm.core.data import TEMPLATES, Task
 from gradmm.core.matching import class_targets
 from gradmm.core.projection import allowed_token_mask
-from gradmm.methods.finetune import train_copy
+from gradmm.core.scoring import first_label_ids
+from gradmm.methods.finetune import Bf16Compute, batch_order, classification_loss, train_copy
 from tests.conftest import toy_examples
 
 CPU = torch.device("cpu")
@@ -92,3 +94,27 @@ def test_bf16_fine_tuning_trains_an_fp32_copy(with_units):
     assert base.dtype == torch.bfloat16 and len(losses) == 3 and all(math.isfinite(loss) for loss in losses)
     moved = [k for k, v in model.state_dict().items() if not torch.equal(v.to(torch.bfloat16), before[k])]
     assert moved  # it trained
+
+
+def test_bf16_fine_tuning_steps_a_bf16_copy_of_the_fp32_master_weights(with_units):
+    """Each step casts the masters to the bf16 copy, runs forward and backward there, and hands fp32 gradients back."""
+    task = _task()
+    base, tok = models.load_model("tiny-random", device="cpu", dtype="bfloat16")
+    train, ids = task.pool[:4], first_label_ids(tok, task.template)
+    master = copy.deepcopy(base).float().requires_grad_(True)
+    compute = Bf16Compute(base, master)
+    compute.pull()
+    assert all(q.dtype == torch.bfloat16 and torch.equal(q, p.to(torch.bfloat16)) for p, q in zip(compute.master, compute.compute))
+    classification_loss(compute.model, tok, train, task.template, ids).backward()
+    compute.push_grads()
+    assert all(p.grad.dtype == torch.float32 and torch.equal(p.grad, q.grad.float())
+               for p, q in zip(compute.master, compute.compute) if q.grad is not None)
+    first_batch = [train[i] for i in batch_order(len(train), 1, 4, seed=0)[0]]
+    with torch.no_grad():
+        first = classification_loss(base, tok, first_batch, task.template, ids).item()
+    _, losses = train_copy(base, tok, train, task.template, FinetuneConfig(steps=2, batch_size=4), 1e-3, seed=0,
+                           progress=False)
+    assert losses[0] == first  # step 1 runs on the bf16 weights themselves: the masters start as their exact copy
+    _, lora_losses = train_copy(base, tok, train, task.template, FinetuneConfig(steps=2, batch_size=4, lora=True,
+                                   lora_target_modules=["q_proj", "v_proj"]), 1e-3, seed=0, progress=False)
+    assert len(lora_losses) == 2 and all(math.isfinite(v) for v in lora_losses)  # LoRA keeps autocast

@@ -204,6 +204,14 @@ def test_health_of_an_lm_text_cell_reports_the_unmatched_start(tmp_path):
     row = health(tmp_path).iloc[0]
     assert row.f_Z_last == pytest.approx(0.35) and row.logppl_Z_last == pytest.approx(4.5)
     assert row.f_Z_unmatched == pytest.approx((0.9 + 0.7 + 0.5 + 0.3) / 4)
+    # a study whose only generated cells are LM text has no ADMM columns: the diagnostics table leaves them blank
+    import pandas as pd
+
+    from gradmm.reporting.variants import markdown
+
+    md = markdown(pd.DataFrame(columns=["dataset", "n_per_class", "method", "runs", "n_train", "mean", "std",
+                                        "empty_runs", "dev_mean", "majority_share"]), health(tmp_path))
+    assert "| toy | gradmm_select |  |  |  | 0.0 |  |  |  | 0.350 | 0.600 |  |  | 4.50 |" in md
 
 
 def test_compare_cells_puts_one_cell_of_two_studies_side_by_side(tmp_path, capsys):

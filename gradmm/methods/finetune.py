@@ -136,11 +136,38 @@ def bf16_autocast(bf16: bool, device: torch.device):
     return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
 
+class Bf16Compute:
+    """A bf16 copy of the fp32 master weights that does the forward and backward of each fine-tuning step.
+
+    Autocast re-casts every fp32 weight in every forward and backward; this casts the masters once per step
+    (one copy), runs the step on the bf16 units, and hands the gradients back to the masters in fp32, where
+    fused AdamW updates them (benchmarks/bench_finetune.py measures the three ways)."""
+
+    def __init__(self, base_model, master):
+        self.model = copy.deepcopy(base_model).requires_grad_(True)  # the base is already bf16
+        self.master = [p for p in master.parameters() if p.requires_grad]
+        self.compute = [p for p in self.model.parameters() if p.requires_grad]
+        if [p.shape for p in self.master] != [p.shape for p in self.compute]:
+            raise ValueError("the bf16 copy's parameters do not line up with the master weights")
+
+    @torch.no_grad()
+    def pull(self):
+        torch._foreach_copy_(self.compute, self.master)  # cast fp32 -> bf16 in one pass
+        for p in self.compute:
+            p.grad = None
+
+    @torch.no_grad()
+    def push_grads(self):
+        for p, q in zip(self.master, self.compute):
+            p.grad = None if q.grad is None else q.grad.float()
+
+
 def train_copy(base_model, tokenizer, train: list[Example], template: Template, cfg: FinetuneConfig, lr: float,
                seed: int, progress: bool = True, on_step=None):
     """Fine-tune a fresh copy of base_model; return (model in eval mode, per-step training losses).
 
-    A bf16 base model is trained in mixed precision (bf16_autocast); the returned copy is fp32.
+    A bf16 base model is trained in mixed precision (fp32 master weights, steps on a bf16 copy: Bf16Compute;
+    autocast under LoRA); the returned copy is fp32.
     on_step(step, loss), if given, is called after every optimiser step (live tracking)."""
     check_config(cfg)
     if not train:
@@ -151,19 +178,30 @@ def train_copy(base_model, tokenizer, train: list[Example], template: Template, 
     bf16 = base_model.dtype == torch.bfloat16
     if bf16:
         wrapper.float()
+    # Full fine-tuning of a bf16 model steps a bf16 copy (Bf16Compute); LoRA's few adapter weights keep autocast
+    compute = Bf16Compute(base_model, wrapper) if bf16 and not cfg.lora else None
     params = [p for p in wrapper.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
+    # fp32 keeps the for-loop AdamW its committed results were made with; the bf16 path uses the fused kernel
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay, fused=True if compute else None)
     decay = (lambda s: 1 - s / cfg.steps) if cfg.schedule == "linear" else (lambda s: 1.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, decay)
     losses = []
     model.train()
+    if compute is not None:
+        compute.model.train()
     bar = tqdm(batch_order(len(train), cfg.steps, cfg.batch_size, seed), desc=f"fine-tune lr={lr:g}",
                disable=not progress, leave=False)
     for batch in bar:
-        with bf16_autocast(bf16, base_model.device):
-            loss = classification_loss(model, tokenizer, [train[i] for i in batch], template, label_ids)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        if compute is not None:
+            compute.pull()
+            loss = classification_loss(compute.model, tokenizer, [train[i] for i in batch], template, label_ids)
+            loss.backward()
+            compute.push_grads()
+        else:
+            with bf16_autocast(bf16, base_model.device):
+                loss = classification_loss(model, tokenizer, [train[i] for i in batch], template, label_ids)
+            loss.backward()
         if cfg.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
         opt.step()
@@ -172,7 +210,7 @@ def train_copy(base_model, tokenizer, train: list[Example], template: Template, 
         bar.set_postfix(loss=f"{losses[-1]:.3f}")
         if on_step is not None:
             on_step(len(losses) - 1, losses[-1])
-    del opt, sched, params
+    del opt, sched, params, compute
     model.eval()
     model.requires_grad_(False)
     return model, losses
