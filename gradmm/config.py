@@ -87,6 +87,9 @@ class GenerateConfig:
     grad_clip: float = 1.0  # on the X gradient's total norm (paper script: 1.0)
     matching_weight: float = 1.0  # 0 = the gradmm_no_matching ablation (prefix, projection and filter only)
     center: bool = False  # variants study, centring: subtract the pool's mean final hidden state before the cosine
+    # The cross-entropy whose head gradient is matched: vocabulary = the paper's (the label word against every
+    # token); label_words = fine-tuning's (softmax over the label words only, gradmm.methods.finetune)
+    match_softmax: str = "vocabulary"
     stop_changed_fraction: float = 0.0  # stop once fewer than this share of tokens change (0 = never)
     stop_patience: int = 0  # stop once f(Z) has not improved on its best for this many Z-steps (0 = never)
     # Batches of a class stepped together in one forward/backward (the maths stays per batch: own X, Adam, Λ, ρ,

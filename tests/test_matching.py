@@ -202,3 +202,31 @@ def test_bad_inputs(tiny):
         hidden_and_logits(model, tok, [], TEMPLATE)
     with pytest.raises(ValueError, match="n ≥ 1"):
         Target(R=torch.zeros(0, 5), H=torch.zeros(0, 3), label_id=0, has_bias=False)
+
+
+def test_label_word_target_is_the_gradient_of_fine_tunings_loss(tiny_untied):
+    """match_softmax: label_words: a class target is the head gradient of fine-tuning's own loss (softmax over the
+    label words only, gradmm.methods.finetune), zero outside the label words' rows; synthetic rows use the same."""
+    from gradmm.methods.finetune import classification_loss
+
+    model, tok = tiny_untied
+    words = first_label_ids(tok, TEMPLATE)
+    target = class_targets(model, tok, EXAMPLES, TEMPLATE, label_words_only=True)[1]
+    assert target.label_words == tuple(words)
+    ref = copy.deepcopy(model).double()
+    head = ref.get_output_embeddings()
+    head.requires_grad_(True)
+    classification_loss(ref, tok, [ex for ex in EXAMPLES if ex.label == 1], TEMPLATE, words).backward()
+    G_W, G_b = target.dense()
+    assert _rel(G_W, head.weight.grad) < 1e-5 and _rel(G_b, head.bias.grad) < 1e-5
+    others = torch.ones(G_W.shape[0], dtype=torch.bool)
+    others[words] = False
+    assert G_W[others].abs().max() == 0 and G_W[words].abs().min() > 0
+    logits = torch.randn(3, G_W.shape[0], dtype=torch.float64, requires_grad=True)
+    r = residuals(logits, words[0], tuple(words))  # = ∂ CE(logits[:, words], 0) / ∂ logits, per row
+    F.cross_entropy(logits[:, words], torch.zeros(3, dtype=torch.long), reduction="sum").backward()
+    assert torch.allclose(r, logits.grad)
+    texts = [ex.text for ex in EXAMPLES if ex.label == 1]
+    assert abs(cosine_distance_to_target(model, tok, texts, TEMPLATE, target).item()) < 1e-9  # its own set
+    with pytest.raises(ValueError, match="not all among the label words"):
+        residuals(logits.detach(), words[0] + 1 if words[0] + 1 not in words else words[0] + 2, tuple(words))

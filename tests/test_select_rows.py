@@ -10,7 +10,7 @@ from gradmm.core.admm import Layout, Problem, check_config, initialise, select_r
 from gradmm.core.matching import SubsetMatchLoss, class_targets, head_logits, match_loss
 from gradmm.core.models import last_hidden
 from gradmm.core.projection import allowed_token_mask
-from gradmm.methods.generate import generate
+from gradmm.methods.generate import check_dp, generate
 from gradmm.methods.registry import GENERATORS
 
 TINY = ModelConfig(name="tiny-random", device="cpu")
@@ -80,6 +80,11 @@ def test_selection_settings_are_checked():
     with pytest.raises(ValueError, match="init_top_p"):
         check_config(GenerateConfig(init="lm", init_top_p=0.0))
     check_config(GenerateConfig(**GENERATORS["gradmm_select_nucleus"]["generate"]))
+    with pytest.raises(ValueError, match="match_softmax 'labels'.*'vocabulary', 'label_words'"):
+        check_config(GenerateConfig(match_softmax="labels"))
+    check_config(GenerateConfig(**GENERATORS["gradmm_select_finetune_loss"]["generate"]))
+    with pytest.raises(ValueError, match="match_softmax 'label_words' with dp.enabled"):
+        check_dp(DPConfig(enabled=True), GenerateConfig(match_softmax="label_words"))
 
 
 def test_the_match_ladder_draws_the_same_lm_batches(toy_data, tmp_path):
@@ -105,3 +110,17 @@ def test_the_wide_selection_draws_gradmm_selects_batches_and_more(toy_data, tmp_
         for c4, c8 in zip(narrow["f_init_candidates"], wide["f_init_candidates"]):
             assert len(c4) == 4 and len(c8) == 8 and c8[:4] == c4
             assert min(c8) <= min(c4)
+
+
+def test_selecting_by_the_fine_tuning_loss_scores_by_its_own_target(toy_data, tmp_path):
+    """gradmm_select_finetune_loss scores its LM batches by the label-word gradient (other values than
+    gradmm_select's vocabulary one), and the rows it chooses match no worse than the best whole batch."""
+    small = {"n_per_class": 2, "batch_size": 2, "max_seq_len": 10, "topk": 20}
+    out = {m: generate(toy_data, TINY, GenerateConfig(**{**GENERATORS[m]["generate"], **small}), DPConfig(),
+                       tmp_path / m, progress=False) for m in ("gradmm_select", "gradmm_select_finetune_loss")}
+    for vocab, words in zip(out["gradmm_select"]["classes"], out["gradmm_select_finetune_loss"]["classes"]):
+        assert len(words["f_init_candidates"]) == len(vocab["f_init_candidates"])
+        assert words["f_init_candidates"] != vocab["f_init_candidates"]  # another loss scores the same batches
+        assert all(f <= min(c) + 1e-9 for f, c in zip(words["f_Z"], words["f_init_candidates"]))
+    run_config = (tmp_path / "gradmm_select_finetune_loss" / "run_config.json").read_text()
+    assert '"match_softmax": "label_words"' in run_config

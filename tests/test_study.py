@@ -227,7 +227,9 @@ def test_compare_cells_puts_one_cell_of_two_studies_side_by_side(tmp_path, capsy
             for s, d in enumerate([-0.01, 0.01]):
                 write_json(folder / f"result-n20-g{g}-s{s}.json", {
                     "dataset": "toy", "model": "x", "method": "gradmm", "n_per_class": 20, "generation_seed": g,
-                    "seed": s, "test_accuracy": acc + d})
+                    "seed": s, "test_accuracy": acc + d, "dev_accuracy": acc - 0.01 + d,
+                    "n_train": 40 if study == "a" else 30,
+                    "test_prediction_shares": [0.4, 0.6] if study == "a" else [0.7, 0.3]})
             write_json(folder / f"generated-g{g}" / "generate_metrics.json", {"classes": [{"f_Z": [f_Z, f_Z]}]})
             write_json(folder / f"generated-g{g}" / "run_config.json", {"model": {"dtype": dtype}})
 
@@ -241,6 +243,8 @@ def test_compare_cells_puts_one_cell_of_two_studies_side_by_side(tmp_path, capsy
     assert table["mean"].tolist() == pytest.approx([0.72, 0.52])
     assert table.sd_between_sets.tolist() == pytest.approx([0.02, 0.02])
     assert table.f_Z_mean.tolist() == pytest.approx([0.5, 0.4]) and table.model_dtype.tolist() == ["float32", "bfloat16"]
+    assert table.dev_mean.tolist() == pytest.approx([0.71, 0.51]) and table.texts_mean.tolist() == [40, 30]
+    assert table.majority_share_mean.tolist() == pytest.approx([0.6, 0.7])
     assert table.welch_p_vs_first.isna().tolist() == [True, False] and table.welch_p_vs_first[1] < 0.001
     capsys.readouterr()
     assert main(["compare-cells", f"fp32={tmp_path / 'missing'}", "--dataset", "toy", "--method", "gradmm"]) == 2

@@ -28,6 +28,7 @@ from gradmm.io.tensorfiles import load_tensors, save_tensors
 
 INITS = ("random", "lm")
 INIT_SELECTS = ("batch", "rows")
+MATCH_SOFTMAXES = ("vocabulary", "label_words")
 
 
 def check_config(cfg: GenerateConfig, allowed_vocab: int | None = None) -> None:
@@ -55,6 +56,8 @@ def check_config(cfg: GenerateConfig, allowed_vocab: int | None = None) -> None:
     if cfg.init_select == "rows" and (cfg.init != "lm" or cfg.joint):
         raise ValueError("generate.init_select 'rows' chooses among one class's LM samples: it needs "
                          "generate.init 'lm' and joint false")
+    if cfg.match_softmax not in MATCH_SOFTMAXES:
+        raise ValueError(f"generate.match_softmax {cfg.match_softmax!r}: use one of {MATCH_SOFTMAXES}")
     if not 0 < cfg.init_top_p <= 1:
         raise ValueError(f"generate.init_top_p must be in (0, 1], got {cfg.init_top_p}")
     if cfg.rho_growth < 1.0:

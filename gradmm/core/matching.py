@@ -52,6 +52,9 @@ class Target:
     has_bias: bool  # match the bias gradient too (untied Phi-style heads)
     weight: Tensor | None = None  # (n,) per-example scale; None = all ones
     center: Tensor | None = None  # (d,) subtracted from every hidden state, real and synthetic alike
+    # The label words' token ids when the matched cross-entropy is the fine-tuning loss (softmax over the label
+    # words only; `residuals`); None = the paper's, softmax over the whole vocabulary
+    label_words: tuple[int, ...] | None = None
     noise_W: Tensor | None = None  # (V, d) Gaussian DP noise, drawn once (or a whole DP release: `released`)
     noise_b: Tensor | None = None  # (V,) present iff noise_W is and the head has a bias
     sigma: float = 0.0  # the noise's per-coordinate standard deviation (for logs)
@@ -115,11 +118,22 @@ def target_on(target: Target, device: torch.device) -> Target:
     return replace(target, **moved)
 
 
-def residuals(logits: Tensor, y: int | Tensor) -> Tensor:
-    """r = softmax(logits) − e_y per row: the head gradient of the cross-entropy w.r.t. the logits."""
-    p = torch.softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)  # ≥ fp32 (bf16 models)
-    y = torch.as_tensor(y, device=p.device).expand(p.shape[0])
-    return p - F.one_hot(y, p.shape[-1]).to(p.dtype)
+def residuals(logits: Tensor, y: int | Tensor, label_words: tuple[int, ...] | None = None) -> Tensor:
+    """r = softmax(logits) − e_y per row: the head gradient of the cross-entropy w.r.t. the logits.
+
+    label_words: the cross-entropy of fine-tuning instead (gradmm.methods.finetune), a softmax over the label
+    words' logits only; r is then zero outside those C entries, so the head gradient r hᵀ has C non-zero rows."""
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # ≥ fp32 (bf16 models)
+    y = torch.as_tensor(y, device=logits.device).expand(logits.shape[0])
+    if label_words is None:
+        p = torch.softmax(logits, dim=-1)
+        return p - F.one_hot(y, p.shape[-1]).to(p.dtype)
+    words = torch.tensor(label_words, device=logits.device)
+    is_y = (y[:, None] == words[None, :]).to(logits.dtype)  # (B, C) the one-hot among the label words
+    if not bool((is_y.sum(1) == 1).all()):
+        raise ValueError(f"label tokens {sorted(set(y.tolist()))} are not all among the label words {list(label_words)}")
+    q = torch.softmax(logits[:, words], dim=-1)
+    return logits.new_zeros(logits.shape).index_copy(1, words, q - is_y)
 
 
 def _centred(h: Tensor, center: Tensor | None) -> Tensor:
@@ -165,7 +179,7 @@ class SubsetMatchLoss:
     choosing which candidate texts form a batch costs no further forward and no V-sized product."""
 
     def __init__(self, h: Tensor, logits: Tensor, y: int | Tensor, target: Target):
-        r = residuals(logits, y)
+        r = residuals(logits, y, target.label_words)
         self.dot_W, self.dot_b = _dots(h, r, target)
         h, r = _centred(h, target.center).to(GRAM_DTYPE), r.to(GRAM_DTYPE)
         self.RR = r @ r.T
@@ -188,7 +202,7 @@ def match_loss(h: Tensor, logits: Tensor, y: int | Tensor, target: Target, per_s
     with per_sample=True each sequence's own gradient is matched alone, giving (B,) (used by the filter).
     Differentiable w.r.t. h and logits; float64 result.
     """
-    return match_loss_r(h, residuals(logits, y), target, per_sample)
+    return match_loss_r(h, residuals(logits, y, target.label_words), target, per_sample)
 
 
 def per_sample_match_loss(h: Tensor, logits: Tensor, y: int | Tensor, target: Target) -> Tensor:
@@ -258,7 +272,8 @@ def _resolve_center(center: Tensor | str | None, H_pool: Tensor) -> Tensor | Non
 
 
 def class_targets(model, tokenizer, examples: list[Example], template: Template, batch_size: int = 16,
-                  max_tokens: int | None = None, center: Tensor | str | None = None) -> list[Target]:
+                  max_tokens: int | None = None, center: Tensor | str | None = None,
+                  label_words_only: bool = False) -> list[Target]:
     """One Target per class: the average per-example head gradient of that class's real examples (as the authors).
 
     center: None (the paper), a (d,) vector, or "pool" = the mean final hidden state over *all* given
@@ -266,6 +281,8 @@ def class_targets(model, tokenizer, examples: list[Example], template: Template,
     vector from real and synthetic hidden states alike, so the matched W-gradient is mean_i r_i (h_i − c)ᵀ;
     the residuals (the model's prediction) are unchanged. A "pool" centre is computed from the real data: it
     is not covered by the DP noise of gradmm.core.dp (pass a public vector for a private run).
+    label_words_only: match the gradient of fine-tuning's cross-entropy (softmax over the template's label words)
+    instead of the paper's (over the vocabulary); the targets carry the label words for the synthetic side.
     """
     n_classes = len(template.label_words)
     ys = first_label_ids(tokenizer, template)
@@ -276,15 +293,17 @@ def class_targets(model, tokenizer, examples: list[Example], template: Template,
     stats = [hidden_and_logits(model, tokenizer, texts, template, batch_size, max_tokens) for texts in by_class]
     center = _resolve_center(center, torch.cat([H for H, _ in stats]))
     _, b = output_head(model)
-    return [Target(R=residuals(logits, ys[c]), H=_centred(H, center), label_id=ys[c], has_bias=b is not None,
-                   center=center) for c, (H, logits) in enumerate(stats)]
+    words = tuple(ys) if label_words_only else None
+    return [Target(R=residuals(logits, ys[c], words), H=_centred(H, center), label_id=ys[c], has_bias=b is not None,
+                   center=center, label_words=words) for c, (H, logits) in enumerate(stats)]
 
 
 def joint_target(model, tokenizer, examples: list[Example], template: Template, batch_size: int = 16,
-                 max_tokens: int | None = None, center: Tensor | str | None = None) -> Target:
+                 max_tokens: int | None = None, center: Tensor | str | None = None,
+                 label_words_only: bool = False) -> Target:
     """The average head gradient of all examples, each for its own label (the joint-target variant): the gradient that
     fine-tuning on them takes, G* = (1/n) Σ_j (p_j − e_{y_j}) h_jᵀ. Its `label_id` is −1: a synthetic batch
-    matched against it carries one label per row (`JointProblem`). `center` as in `class_targets`."""
+    matched against it carries one label per row (`JointProblem`). `center`, `label_words_only` as in `class_targets`."""
     if not examples:
         raise ValueError("no examples given")
     ys = first_label_ids(tokenizer, template)
@@ -292,7 +311,9 @@ def joint_target(model, tokenizer, examples: list[Example], template: Template, 
     center = _resolve_center(center, H)
     y = torch.tensor([ys[ex.label] for ex in examples], device=logits.device)
     _, b = output_head(model)
-    return Target(R=residuals(logits, y), H=_centred(H, center), label_id=-1, has_bias=b is not None, center=center)
+    words = tuple(ys) if label_words_only else None
+    return Target(R=residuals(logits, y, words), H=_centred(H, center), label_id=-1, has_bias=b is not None,
+                  center=center, label_words=words)
 
 
 def cosine_distance_to_target(model, tokenizer, texts: list[str], template: Template, target: Target,

@@ -45,6 +45,9 @@ def check_dp(cfg: DPConfig, gen: GenerateConfig | None = None) -> None:
     if gen is not None and gen.center:
         raise ValueError("generate.center with dp.enabled is not supported yet: the pool's mean hidden state "
                          "would need its own privatisation")
+    if gen is not None and gen.match_softmax != "vocabulary":
+        raise ValueError(f"generate.match_softmax {gen.match_softmax!r} with dp.enabled is not supported yet: the DP "
+                         "release stores the vocabulary target; use 'vocabulary'")
     if not cfg.epsilon > 0:
         raise ValueError(f"dp.epsilon must be > 0, got {cfg.epsilon}")
     if not 0 < cfg.delta < 1:
@@ -63,10 +66,11 @@ def build_targets(model, tokenizer, task: Task, gen: GenerateConfig, dp: DPConfi
     (SNR per target). `task.template` is the template matched (see `matching_task`)."""
     check_dp(dp, gen)
     center = "pool" if gen.center else None
+    words = gen.match_softmax == "label_words"
     if gen.joint:  # one target: the whole pool's gradient, each example for its own label
-        targets = [joint_target(model, tokenizer, task.pool, task.template, center=center)]
+        targets = [joint_target(model, tokenizer, task.pool, task.template, center=center, label_words_only=words)]
     else:
-        targets = class_targets(model, tokenizer, task.pool, task.template, center=center)
+        targets = class_targets(model, tokenizer, task.pool, task.template, center=center, label_words_only=words)
     if not dp.enabled:
         return targets, [None] * len(targets)
     generator = noise_generator(dp.noise_seed_not_private)  # one stream: every class gets its own draw

@@ -108,6 +108,10 @@ GENERATORS = {
     # its pool holds gradmm_select's: does a wider choice by the match make better training data?
     "gradmm_select_wide": {"generate": {"init": "lm", "center": True, "outer_steps": 0, "init_candidates": 8,
                                         "init_select": "rows"}},
+    # gradmm_select matching the gradient of the loss the sets are trained with (softmax over the label words, as
+    # fine-tuning) instead of the paper's over the whole vocabulary: the rows that move the classifier as the pool does
+    "gradmm_select_finetune_loss": {"generate": {"init": "lm", "center": True, "outer_steps": 0, "init_candidates": 4,
+                                                 "init_select": "rows", "match_softmax": "label_words"}},
     # gradmm_select over nucleus samples (top-p 0.9, Holtzman et al. 2020): more fluent candidates to choose from
     "gradmm_select_nucleus": {"generate": {"init": "lm", "center": True, "outer_steps": 0, "init_candidates": 4,
                                            "init_select": "rows", "init_top_p": 0.9}},

@@ -136,7 +136,8 @@ def batch_f_Z(cell: Path) -> float:
 
 def compare_cells(studies: dict[str, Path], dataset: str, method: str) -> "pd.DataFrame":
     """The same dataset × method cell run in several studies (e.g. fp32 and the fast path), one row each: the
-    seed spread, the cell's mean f(Z), the model dtype it generated with, Welch's p against the first."""
+    seed spread, the mean dev accuracy (the split to choose by), training texts and share of test predictions in
+    the most predicted class, the cell's mean f(Z), the model dtype it generated with, Welch's p against the first."""
     from scipy.stats import ttest_ind
 
     rows, first = [], None
@@ -148,7 +149,9 @@ def compare_cells(studies: dict[str, Path], dataset: str, method: str) -> "pd.Da
         first = df if first is None else first
         cell = Path(study) / dataset / method
         config = cell / "generated-g0" / "run_config.json"
-        rows.append({**seed_spread(df).iloc[0].to_dict(), "method": label, "f_Z_mean": batch_f_Z(cell),
+        rows.append({**seed_spread(df).iloc[0].to_dict(), "method": label, "dev_mean": df.dev_accuracy.mean(),
+                     "texts_mean": df.n_train.mean(), "majority_share_mean": df.majority_share.mean(),
+                     "f_Z_mean": batch_f_Z(cell),
                      "model_dtype": read_json(config)["model"]["dtype"] if config.is_file() else None,
                      "welch_p_vs_first": float("nan") if df is first else
                      ttest_ind(first.accuracy, df.accuracy, equal_var=False).pvalue})
