@@ -216,9 +216,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compare-cells", help="one study cell run in several studies (e.g. fp32 and the fast path): "
                        "accuracy, seed spread, f(Z), Welch's p against the first")
-    p.add_argument("studies", nargs="+", help="LABEL=FOLDER: each study's cells (<folder>/<dataset>/<method>/)")
+    p.add_argument("studies", nargs="+", help="LABEL=FOLDER: each study's cells (<folder>/<dataset>/<method>/); "
+                   "LABEL=FOLDER@METHOD: that study's cell of another method")
     p.add_argument("--dataset", required=True)
-    p.add_argument("--method", required=True)
+    p.add_argument("--method", required=True, help="the cell's method where a study names none")
     p.add_argument("--out", help="write the table here (csv)")
     p.set_defaults(func=cmd_compare_cells)
 

@@ -318,10 +318,13 @@ def cmd_compare_cells(args) -> None:
     studies = {}
     for item in args.studies:
         label, sep, folder = item.rpartition("=")
+        folder, at, method = folder.partition("@")  # FOLDER@METHOD: that study's cell of another method
+        if at:
+            registry.check_method(method)
         if not sep or not label or not Path(folder).is_dir():
-            raise ValueError(f"compare-cells: {item!r} is not LABEL=FOLDER with an existing folder of study cells")
-        studies[label] = Path(folder)
-    table = variants.compare_cells(studies, args.dataset, args.method)
+            raise ValueError(f"compare-cells: {item!r} is not LABEL=FOLDER[@METHOD] with an existing folder of study cells")
+        studies[label] = (Path(folder), method or args.method)
+    table = variants.compare_cells(studies, args.dataset)
     if args.out:
         check_writable(Path(args.out))
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

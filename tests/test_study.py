@@ -221,12 +221,12 @@ def test_compare_cells_puts_one_cell_of_two_studies_side_by_side(tmp_path, capsy
 
     from gradmm.io.records import write_json
 
-    def cell(study, accs, f_Z, dtype):
-        folder = tmp_path / study / "toy" / "gradmm"
+    def cell(study, accs, f_Z, dtype, method="gradmm"):
+        folder = tmp_path / study / "toy" / method
         for g, acc in enumerate(accs):
             for s, d in enumerate([-0.01, 0.01]):
                 write_json(folder / f"result-n20-g{g}-s{s}.json", {
-                    "dataset": "toy", "model": "x", "method": "gradmm", "n_per_class": 20, "generation_seed": g,
+                    "dataset": "toy", "model": "x", "method": method, "n_per_class": 20, "generation_seed": g,
                     "seed": s, "test_accuracy": acc + d, "dev_accuracy": acc - 0.01 + d,
                     "n_train": 40 if study == "a" else 30,
                     "test_prediction_shares": [0.4, 0.6] if study == "a" else [0.7, 0.3]})
@@ -246,7 +246,15 @@ def test_compare_cells_puts_one_cell_of_two_studies_side_by_side(tmp_path, capsy
     assert table.dev_mean.tolist() == pytest.approx([0.71, 0.51]) and table.texts_mean.tolist() == [40, 30]
     assert table.majority_share_mean.tolist() == pytest.approx([0.6, 0.7])
     assert table.welch_p_vs_first.isna().tolist() == [True, False] and table.welch_p_vs_first[1] < 0.001
+    assert table.method.tolist() == ["gradmm", "gradmm"]
+    cell("c", [0.60, 0.62, 0.64], 0.3, "float32", method="gradmm_select")  # another method, named per study
+    assert main(["compare-cells", f"fp32={tmp_path / 'a'}", f"select={tmp_path / 'c'}@gradmm_select", "--dataset", "toy",
+                 "--method", "gradmm", "--out", str(out)]) == 0
+    table = pd.read_csv(out)
+    assert table.method.tolist() == ["gradmm", "gradmm_select"] and table["mean"].tolist() == pytest.approx([0.72, 0.62])
     capsys.readouterr()
+    assert main(["compare-cells", f"x={tmp_path / 'c'}@magic", "--dataset", "toy", "--method", "gradmm"]) == 2
+    assert "'magic'" in capsys.readouterr().err
     assert main(["compare-cells", f"fp32={tmp_path / 'missing'}", "--dataset", "toy", "--method", "gradmm"]) == 2
     err = capsys.readouterr().err
     assert "LABEL=FOLDER" in err and "missing" in err and "Traceback" not in err

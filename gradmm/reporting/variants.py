@@ -134,14 +134,15 @@ def batch_f_Z(cell: Path) -> float:
     return sum(values) / len(values) if values else float("nan")
 
 
-def compare_cells(studies: dict[str, Path], dataset: str, method: str) -> "pd.DataFrame":
-    """The same dataset × method cell run in several studies (e.g. fp32 and the fast path), one row each: the
+def compare_cells(studies: dict[str, tuple[Path, str]], dataset: str) -> "pd.DataFrame":
+    """One dataset's cell run in several studies (label -> (study folder, method); e.g. fp32 and the fast path,
+    or two variants drawing the same LM texts), one row each, with its method: the
     seed spread, the mean dev accuracy (the split to choose by), training texts and share of test predictions in
     the most predicted class, the cell's mean f(Z), the model dtype it generated with, Welch's p against the first."""
     from scipy.stats import ttest_ind
 
     rows, first = [], None
-    for label, study in studies.items():
+    for label, (study, method) in studies.items():
         df = collect(study)
         df = df[(df.dataset == dataset) & (df.method == method)]
         if df.empty:
@@ -149,13 +150,14 @@ def compare_cells(studies: dict[str, Path], dataset: str, method: str) -> "pd.Da
         first = df if first is None else first
         cell = Path(study) / dataset / method
         config = cell / "generated-g0" / "run_config.json"
-        rows.append({**seed_spread(df).iloc[0].to_dict(), "method": label, "dev_mean": df.dev_accuracy.mean(),
+        rows.append({**seed_spread(df).iloc[0].to_dict(), "cell": label, "dev_mean": df.dev_accuracy.mean(),
                      "texts_mean": df.n_train.mean(), "majority_share_mean": df.majority_share.mean(),
                      "f_Z_mean": batch_f_Z(cell),
                      "model_dtype": read_json(config)["model"]["dtype"] if config.is_file() else None,
                      "welch_p_vs_first": float("nan") if df is first else
                      ttest_ind(first.accuracy, df.accuracy, equal_var=False).pvalue})
-    return pd.DataFrame(rows).rename(columns={"method": "cell"})
+    table = pd.DataFrame(rows)
+    return table[["dataset", "n_per_class", "cell", *[c for c in table.columns if c not in ("dataset", "n_per_class", "cell")]]]
 
 
 def seed_spread_lines(spread: "pd.DataFrame") -> list[str]:
