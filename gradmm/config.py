@@ -224,6 +224,17 @@ def section_classes() -> dict:
     return dict(SECTIONS)
 
 
+def field_defaults() -> dict[str, list]:
+    """Each config field name -> its defaults over the sections that have it (a run recorded before a field
+    existed ran as that field's default does: gradmm.io.worksharing)."""
+    out: dict[str, list] = {}
+    for cls in SECTIONS.values():
+        for f in dataclasses.fields(cls):
+            value = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            out.setdefault(f.name, []).append(value)
+    return out
+
+
 # Inclusive (low, high) bounds of the numeric params that their stage's own check (admm.check_config,
 # finetune.check_config, ...) does not cover; `build` applies them to a value or to each element of a list.
 BOUNDS = {

@@ -103,6 +103,32 @@ def test_same_params_share_and_an_idle_stale_directory_is_archived(tmp_path):
     assert len(archived) == 1 and (archived[0] / "finished.json").exists()
 
 
+def test_a_run_recorded_before_a_field_existed_is_the_same_run_at_its_default(toy_data, tmp_path):
+    """A code update that adds a config field (at its default) keeps a finished run: no archive, no redo, and the
+    record is left as it was written; the field at another value is another run."""
+    out = tmp_path / "gen"
+    cfg = GenerateConfig(n_per_class=2, batch_size=2, outer_steps=1, inner_steps=1, topk=20, init_candidates=1,
+                         max_seq_len=10)
+    generate(toy_data, ModelConfig(name="tiny-random", device="cpu"), cfg, DPConfig(), out, progress=False)
+    config = out / "run_config.json"
+    recorded = json.loads(config.read_text())
+    del recorded["generate"]["match_softmax"], recorded["generate"]["parallel_batches"]  # as older code wrote it
+    older = json.dumps(recorded, indent=2, sort_keys=True) + "\n"
+    config.write_text(older)
+    raw, batches = (out / "raw.jsonl").read_text(), sorted((out / "batches").glob("*.safetensors"))
+    stamps = [b.stat().st_mtime_ns for b in batches]
+    generate(toy_data, ModelConfig(name="tiny-random", device="cpu"), cfg, DPConfig(), out, progress=False,
+             archive_stale=True)
+    assert not (tmp_path / ".archive").exists() and (out / "raw.jsonl").read_text() == raw
+    assert batches and [b.stat().st_mtime_ns for b in batches] == stamps  # no batch redone
+    assert config.read_text() == older
+    other = GenerateConfig(**{**cfg.__dict__, "match_softmax": "label_words"})
+    generate(toy_data, ModelConfig(name="tiny-random", device="cpu"), other, DPConfig(), out, progress=False,
+             archive_stale=True)
+    assert len(list((tmp_path / ".archive").iterdir())) == 1
+    assert json.loads(config.read_text())["generate"]["match_softmax"] == "label_words"
+
+
 def test_each_batch_rechecks_the_claim(toy_data, tmp_path, monkeypatch):
     out, real = tmp_path / "run", generate_module.run_batches
 

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from gradmm.config import field_defaults
 from gradmm.io.records import write_text
 
 log = logging.getLogger(__name__)
@@ -50,10 +51,37 @@ def params_blob(params: dict) -> str:
     return json.dumps(params, indent=2, sort_keys=True) + "\n"
 
 
+def _with_added_defaults(old, new):
+    """`old` (a recorded run's params) with the keys that only `new` has added where `new` holds one of that
+    config field's defaults: what the code did before the field existed. Other differences are kept."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        defaults = field_defaults()
+        out = {k: _with_added_defaults(v, new.get(k)) for k, v in old.items()}
+        out.update({k: v for k, v in new.items() if k not in old and v in defaults.get(k, [])})
+        return out
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        return [_with_added_defaults(a, b) for a, b in zip(old, new)]
+    return old
+
+
+def same_run(recorded: str, params: dict) -> bool:
+    """Does a run_config.json's text hold a run with `params`? The same text, or a run recorded before some
+    config fields existed, with `params` holding those fields' defaults (so a code update that adds a field
+    does not make finished runs look stale)."""
+    blob = params_blob(params)
+    if recorded == blob:
+        return True
+    try:
+        old = json.loads(recorded)
+    except ValueError:
+        return False
+    return params_blob(_with_added_defaults(old, json.loads(blob))) == blob
+
+
 def check_claim(out: Path, params: dict) -> None:
     """Refuse to go on if `out` no longer holds a run with `params` (checked before each unit of work)."""
     path = Path(out) / "run_config.json"
-    if not path.is_file() or path.read_text() != params_blob(params):
+    if not path.is_file() or not same_run(path.read_text(), params):
         raise ValueError(f"{path} changed under this run (another process with other params?): stopping "
                          "before the next unit of work; finished units are kept")
 
@@ -90,7 +118,7 @@ def claimed_run_dir(out: Path, params: dict, archive_stale: bool = False):
     with contextlib.ExitStack() as held:
         with _claim_lock(out):
             config = out / "run_config.json"
-            if config.exists() and config.read_text() != blob:
+            if config.exists() and not same_run(config.read_text(), params):
                 if not archive_stale:
                     raise ValueError(f"{out} holds a run with different params ({config}); use another output "
                                      "directory, or delete that one yourself if its work is no longer wanted")
@@ -104,7 +132,10 @@ def claimed_run_dir(out: Path, params: dict, archive_stale: bool = False):
                 log.info("moved the run with other params to %s", archive)
                 held.enter_context(claimed_run_dir(out, params))  # the fresh directory, claimed anew
             else:
-                write_text(config, blob)
+                if not config.exists() or config.read_text() == blob:
+                    write_text(config, blob)
+                else:  # recorded before some fields existed, at their defaults: the record stays as it ran
+                    log.info("%s was recorded before some config fields existed; it ran as their defaults", config)
                 held.enter_context(file_lock(out / ".active.lock", shared=True))
         yield out
 
