@@ -104,6 +104,9 @@ class GenerateConfig:
     # the texts but never edits them
     init_select: str = "batch"
     init_top_p: float = 1.0  # nucleus sampling of the LM samples (1 = plain ancestral sampling)
+    # init lm: real texts of the class from the pool shown in the LM's instruction (few-shot, the
+    # llm_few_shot_gen prompt), a fresh draw for every candidate batch; 0 = zero-shot. Not with DP (the pool is private)
+    init_shots: int = 0
     # Exact token swaps after ADMM (gradmm.core.swaps): each step applies the swap that lowers f(Z) most among
     # `swap_candidates` ranked by the first-order change of f, each token among the LM's `swap_next_topk` next
     # tokens at its position (fluency). 0 = none (the paper). With outer_steps 0 and init lm there is no ADMM:

@@ -10,7 +10,7 @@ from gradmm.core.admm import Layout, Problem, check_config, initialise, select_r
 from gradmm.core.matching import SubsetMatchLoss, class_targets, head_logits, match_loss
 from gradmm.core.models import last_hidden
 from gradmm.core.projection import allowed_token_mask
-from gradmm.methods.generate import check_dp, generate
+from gradmm.methods.generate import SAMPLING_DEMO_DRAWS, check_dp, generate, sampling_prefix_ids
 from gradmm.methods.registry import GENERATORS
 
 TINY = ModelConfig(name="tiny-random", device="cpu")
@@ -70,6 +70,54 @@ def test_nucleus_sampling_reaches_the_lm_samples(tiny, toy_task):
     greedy = _problem(tiny, toy_task, init_top_p=1e-9).sample_ids(4, seed=0)
     assert len({tuple(r.tolist()) for r in greedy}) == 1
     assert len({tuple(r.tolist()) for r in plain}) > 1
+
+
+def test_few_shot_sampling_shows_pool_texts_of_the_class(tiny, toy_task):
+    """init_shots: each candidate batch is sampled after a few-shot instruction holding init_shots pool texts of its
+    class (a fresh draw per instruction, the same draws for the same seed), and its seed picks the instruction."""
+    model, tok = tiny
+    gen = GenerateConfig(init="lm", init_shots=2)
+    prefixes = sampling_prefix_ids(tok, toy_task, 1, gen)
+    assert len(prefixes) == SAMPLING_DEMO_DRAWS and prefixes == sampling_prefix_ids(tok, toy_task, 1, gen)
+    assert sampling_prefix_ids(tok, toy_task, 1, GenerateConfig(init="lm")) == []
+    shown = [tok.decode(p) for p in prefixes]
+    for text in shown:
+        demos = [ex for ex in toy_task.pool if " ".join(ex.text.split()) in text]
+        assert len(demos) == 2 and {ex.label for ex in demos} == {1}
+    assert len(set(shown)) > 1  # not one draw for every batch
+    few = _problem(tiny, toy_task, init_shots=2)
+    few.sampling_prefixes = prefixes
+    contexts, real_generate = [], model.generate
+
+    def recording_generate(input_ids, **kw):  # the real sampler; only its context is noted
+        contexts.append(input_ids[0].tolist())
+        return real_generate(input_ids=input_ids, **kw)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(model, "generate", recording_generate)
+        few.sample_ids(4, seed=5)
+        _problem(tiny, toy_task).sample_ids(4, seed=5)
+    layout_prefix = few.layout.prefix_ids
+    assert contexts[0] == prefixes[5 % len(prefixes)] + layout_prefix  # the instruction its seed picks
+    assert contexts[1] == few.decoding_prefix + layout_prefix  # zero-shot: the decoding prefix
+
+
+def test_few_shot_generation_runs_and_is_refused_where_it_cannot_be(toy_data, toy_task, tiny, tmp_path):
+    small = {"n_per_class": 2, "batch_size": 2, "max_seq_len": 10, "topk": 20}
+    runs = {m: generate(toy_data, TINY, GenerateConfig(**{**GENERATORS[m]["generate"], **small}), DPConfig(),
+                        tmp_path / m, progress=False) for m in ("gradmm_select", "gradmm_select_few_shot")}
+    f_few, f_zero = (runs[m]["classes"][0]["f_init_candidates"] for m in ("gradmm_select_few_shot", "gradmm_select"))
+    assert f_few != f_zero  # other candidates were drawn
+    with pytest.raises(ValueError, match="init_shots=11: the pool has only 10 texts of class 'negative'"):
+        generate(toy_data, TINY, GenerateConfig(**{**GENERATORS["gradmm_select_few_shot"]["generate"], **small,
+                                                   "init_shots": 11}), DPConfig(), tmp_path / "many", progress=False)
+    assert not (tmp_path / "many").exists()  # refused before the run directory was claimed
+    with pytest.raises(ValueError, match="init_shots=2.*init 'lm'"):
+        check_config(GenerateConfig(init_shots=2))
+    with pytest.raises(ValueError, match="init_shots=-1"):
+        check_config(GenerateConfig(init="lm", init_shots=-1))
+    with pytest.raises(ValueError, match="init_shots=4 with dp.enabled"):
+        check_dp(DPConfig(enabled=True), GenerateConfig(init="lm", init_shots=4))
 
 
 def test_selection_settings_are_checked():

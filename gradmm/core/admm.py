@@ -58,6 +58,9 @@ def check_config(cfg: GenerateConfig, allowed_vocab: int | None = None) -> None:
                          "generate.init 'lm' and joint false")
     if cfg.match_softmax not in MATCH_SOFTMAXES:
         raise ValueError(f"generate.match_softmax {cfg.match_softmax!r}: use one of {MATCH_SOFTMAXES}")
+    if cfg.init_shots < 0 or (cfg.init_shots and (cfg.init != "lm" or cfg.joint)):
+        raise ValueError(f"generate.init_shots={cfg.init_shots}: real demonstrations in the LM's instruction need "
+                         "generate.init 'lm' and joint false, and a count ≥ 0")
     if not 0 < cfg.init_top_p <= 1:
         raise ValueError(f"generate.init_top_p must be in (0, 1], got {cfg.init_top_p}")
     if cfg.rho_growth < 1.0:
@@ -97,8 +100,10 @@ class Problem:
     """Everything fixed during one batch: the model, the class target, the layout and the Z-step settings."""
 
     def __init__(self, model, target: Target, layout: Layout, decoding_prefix: list[int], allowed: torch.Tensor,
-                 cfg: GenerateConfig):
+                 cfg: GenerateConfig, sampling_prefixes: list[list[int]] = ()):
         self.model, self.target, self.layout, self.cfg = model, target, layout, cfg
+        # init lm with generate.init_shots: few-shot instructions, one picked per candidate batch by its seed
+        self.sampling_prefixes = list(sampling_prefixes)
         # The vocabulary as the model feeds it (Gemma's √d scale included): X goes in as inputs_embeds, which
         # bypasses the embedding module, so template, Z and LM-init rows must come from this matrix.
         self.emb = input_embeddings(model)
@@ -158,8 +163,9 @@ class Problem:
 
     @torch.no_grad()
     def sample_ids(self, batch_size: int, seed: int) -> torch.Tensor:
-        """(B, L) token ids: each row's free positions sampled from the LM after its decoding prefix (and the
-        template's fixed prefix), allowed word tokens only, exactly as many as there are free positions."""
+        """(B, L) token ids: each row's free positions sampled from the LM after its decoding prefix (with
+        generate.init_shots: a few-shot instruction chosen by the seed) and the template's fixed prefix, allowed
+        word tokens only, exactly as many as there are free positions."""
         free = self.layout.free
         n_free, dev = free.stop - free.start, self.emb.device
         banned = (~self.allowed).nonzero().squeeze(1).tolist()
@@ -167,6 +173,8 @@ class Problem:
         with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
             torch.manual_seed(seed)
             for rows, prefix in self.groups(batch_size):
+                if self.sampling_prefixes:
+                    prefix = self.sampling_prefixes[seed % len(self.sampling_prefixes)]
                 ctx = torch.tensor(prefix + self.layout.prefix_ids, device=dev)[None].expand(len(rows), -1)
                 out = self.model.generate(input_ids=ctx, attention_mask=torch.ones_like(ctx), do_sample=True,
                                           temperature=1.0, top_k=0, top_p=self.cfg.init_top_p, min_new_tokens=n_free,

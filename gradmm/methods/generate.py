@@ -8,8 +8,9 @@ Restarting the same command continues where it stopped; a directory started with
 import hashlib
 import json
 import logging
+import random
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -45,6 +46,9 @@ def check_dp(cfg: DPConfig, gen: GenerateConfig | None = None) -> None:
     if gen is not None and gen.center:
         raise ValueError("generate.center with dp.enabled is not supported yet: the pool's mean hidden state "
                          "would need its own privatisation")
+    if gen is not None and gen.init_shots:
+        raise ValueError(f"generate.init_shots={gen.init_shots} with dp.enabled: the demonstrations would show "
+                         "private pool texts to the LM; use init_shots: 0")
     if gen is not None and gen.match_softmax != "vocabulary":
         raise ValueError(f"generate.match_softmax {gen.match_softmax!r} with dp.enabled is not supported yet: the DP "
                          "release stores the vocabulary target; use 'vocabulary'")
@@ -86,6 +90,23 @@ def decoding_prefix_ids(tokenizer, task: Task, label: int, gen: GenerateConfig) 
         return []
 
     return instruction_ids(tokenizer, task, instruction(task, label))
+
+
+SAMPLING_DEMO_DRAWS = 16  # few-shot instructions per class for init lm; a candidate batch's seed picks one
+
+
+def sampling_prefix_ids(tokenizer, task: Task, label: int, gen: GenerateConfig) -> list[list[int]]:
+    """generate.init_shots > 0: few-shot instructions of the class (the llm_few_shot_gen prompt), each with its own
+    draw of init_shots pool texts of the class, so that the candidate batches do not all imitate the same texts.
+    [] for zero-shot sampling."""
+    if not gen.init_shots:
+        return []
+    rows = [ex for ex in task.pool if ex.label == label]
+    if len(rows) < gen.init_shots:
+        raise ValueError(f"generate.init_shots={gen.init_shots}: the pool has only {len(rows)} texts of class "
+                         f"{task.class_names[label]!r}")
+    return [instruction_ids(tokenizer, task, instruction(task, label, random.Random(
+        f"init-shots-{gen.seed}-{label}-{j}").sample(rows, gen.init_shots))) for j in range(SAMPLING_DEMO_DRAWS)]
 
 
 def matching_task(task: Task, gen: GenerateConfig) -> Task:
@@ -172,6 +193,7 @@ class GroupSpec:
     label_ids: list[int] | None  # the joint batch's label token per class; None for one class
     allowed: torch.Tensor
     cfg: GenerateConfig
+    sampling_prefixes: list[list[int]] = field(default_factory=list)  # init lm's few-shot instructions (init_shots)
 
 
 def build_problem(model, spec: GroupSpec) -> Problem:
@@ -179,7 +201,7 @@ def build_problem(model, spec: GroupSpec) -> Problem:
     allowed = spec.allowed.to(input_embeddings(model).device)
     if spec.label_ids is not None:
         return JointProblem(model, target, spec.layout, spec.decoding_prefixes, spec.label_ids, allowed, spec.cfg)
-    return Problem(model, target, spec.layout, spec.decoding_prefixes[0], allowed, spec.cfg)
+    return Problem(model, target, spec.layout, spec.decoding_prefixes[0], allowed, spec.cfg, spec.sampling_prefixes)
 
 
 def unit_lock_name(names: list[str], unit: tuple[int, list[int]]) -> str:
@@ -229,6 +251,7 @@ def generate(task: Task | DataConfig, model_cfg: ModelConfig, gen: GenerateConfi
         layout.check()
     if gen.joint and gen.batch_size % task.n_classes:
         raise ValueError(f"generate.joint needs batch_size ({gen.batch_size}) divisible by {task.n_classes} classes")
+    sampling = [sampling_prefix_ids(tok, task, c, gen) if c is not None else [] for c in groups]
     with claimed_run_dir(out, params, archive_stale):  # only a run that passed every check claims it
         model, tok = load_model(model_cfg.name, model_cfg.device, model_cfg.dtype)
         allowed = allowed_token_mask(tok, model.get_input_embeddings().weight.shape[0])
@@ -240,7 +263,8 @@ def generate(task: Task | DataConfig, model_cfg: ModelConfig, gen: GenerateConfi
         specs, names, n_batches, row_labels = [], [], [], []
         for g, c in enumerate(groups):
             prefixes = [decoding_prefix_ids(tok, task, k, gen) for k in (range(task.n_classes) if c is None else [c])]
-            specs.append(GroupSpec(targets[g], layouts[g], prefixes, label_ids if c is None else None, allowed, gen))
+            specs.append(GroupSpec(targets[g], layouts[g], prefixes, label_ids if c is None else None, allowed, gen,
+                                   sampling[g]))
             names.append("joint" if c is None else f"class{c}")
             n_batches.append(gen.n_per_class * (task.n_classes if c is None else 1) // gen.batch_size)
             row_labels.append(JointProblem.row_classes(task.n_classes, gen.batch_size).tolist() if c is None

@@ -112,6 +112,10 @@ GENERATORS = {
     # fine-tuning) instead of the paper's over the whole vocabulary: the rows that move the classifier as the pool does
     "gradmm_select_finetune_loss": {"generate": {"init": "lm", "center": True, "outer_steps": 0, "init_candidates": 4,
                                                  "init_select": "rows", "match_softmax": "label_words"}},
+    # gradmm_select over LM rows written after 4 real texts of the class (the llm_few_shot_gen prompt, a new draw of
+    # pool texts per candidate batch): candidates in the dataset's own wording, which zero-shot text lacks
+    "gradmm_select_few_shot": {"generate": {"init": "lm", "center": True, "outer_steps": 0, "init_candidates": 4,
+                                            "init_select": "rows", "init_shots": 4}},
     # gradmm_select over nucleus samples (top-p 0.9, Holtzman et al. 2020): more fluent candidates to choose from
     "gradmm_select_nucleus": {"generate": {"init": "lm", "center": True, "outer_steps": 0, "init_candidates": 4,
                                            "init_select": "rows", "init_top_p": 0.9}},
