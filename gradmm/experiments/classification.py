@@ -70,6 +70,7 @@ def produce_missing(missing: list[tuple[str, str, int, int]], runs_dir: str | Pa
         if not (data_dir / "meta.json").is_file():  # the prepare stage
             write_task(load_task(load_config(DataConfig, "data", params_file, [f"data.dataset={dataset}"])), data_dir)
         task = task_from_dir(data_dir)
+        params = read_params(params_file)
         for _, method, n, seed in [m for m in missing if m[0] == dataset]:
             base = [f"model.name={model}", f"experiment.n_per_class={n}", f"filter.n_per_class={n}"]
             exp = load_config(ExperimentConfig, "experiment", params_file, base)
@@ -77,7 +78,7 @@ def produce_missing(missing: list[tuple[str, str, int, int]], runs_dir: str | Pa
             train = trainset_file(runs_dir, dataset, method, n, seed)
             generator = registry.generator_of(method)
             if generator:  # the generate and filter stages
-                overrides = base + registry.variant_overrides(generator, read_params(params_file)) + [f"generate.seed={seed}"]
+                overrides = base + registry.variant_overrides(generator, params) + [f"generate.seed={seed}"]
                 gen = load_config(GenerateConfig, "generate", params_file, overrides)
                 dp = load_config(DPConfig, "dp", params_file, overrides)
                 out = runs_dir / dataset / "generated" / f"{generator}-seed{seed}"  # shared by every budget

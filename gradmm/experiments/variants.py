@@ -112,8 +112,9 @@ def run_cell(task, method: str, cfg: StudyConfig, params_file: str, model_cfg, f
     out = Path(out)
     gens = {}
     if registry.get(method).generated:  # every check before the model loads
+        params = read_params(params_file)
         for g in cfg.generation_seeds:
-            ov = method_overrides(method, cfg, g, read_params(params_file)) + list(overrides)
+            ov = method_overrides(method, cfg, g, params) + list(overrides)
             gens[g] = (load_config(GenerateConfig, "generate", params_file, ov), load_config(DPConfig, "dp", params_file, ov),
                        load_config(FilterConfig, "filter", params_file, ov))
             check_config(gens[g][0])

@@ -51,16 +51,16 @@ def params_blob(params: dict) -> str:
     return json.dumps(params, indent=2, sort_keys=True) + "\n"
 
 
-def _with_added_defaults(old, new):
+def _with_added_defaults(old, new, defaults: dict[str, list]):
     """`old` (a recorded run's params) with the keys that only `new` has added where `new` holds one of that
-    config field's defaults: what the code did before the field existed. Other differences are kept."""
+    config field's `defaults` (config.field_defaults): what the code did before the field existed. Other
+    differences are kept."""
     if isinstance(old, dict) and isinstance(new, dict):
-        defaults = field_defaults()
-        out = {k: _with_added_defaults(v, new.get(k)) for k, v in old.items()}
+        out = {k: _with_added_defaults(v, new.get(k), defaults) for k, v in old.items()}
         out.update({k: v for k, v in new.items() if k not in old and v in defaults.get(k, [])})
         return out
     if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
-        return [_with_added_defaults(a, b) for a, b in zip(old, new)]
+        return [_with_added_defaults(a, b, defaults) for a, b in zip(old, new)]
     return old
 
 
@@ -75,7 +75,7 @@ def same_run(recorded: str, params: dict) -> bool:
         old = json.loads(recorded)
     except ValueError:
         return False
-    return params_blob(_with_added_defaults(old, json.loads(blob))) == blob
+    return params_blob(_with_added_defaults(old, json.loads(blob), field_defaults())) == blob
 
 
 def check_claim(out: Path, params: dict) -> None:
