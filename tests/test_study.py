@@ -252,6 +252,14 @@ def test_compare_cells_puts_one_cell_of_two_studies_side_by_side(tmp_path, capsy
                  "--method", "gradmm", "--out", str(out)]) == 0
     table = pd.read_csv(out)
     assert table.method.tolist() == ["gradmm", "gradmm_select"] and table["mean"].tolist() == pytest.approx([0.72, 0.62])
+    for study, dtype in (("a", "float32"), ("b", "bfloat16")):  # a baseline cell: its own record's dtype
+        cell(study, [0.80, 0.82, 0.84], float("nan"), dtype, method="random_real")
+        for g in range(3):
+            (tmp_path / study / "toy" / "random_real" / f"generated-g{g}" / "run_config.json").unlink()
+        write_json(tmp_path / study / "toy" / "random_real" / "run_config.json", {"model": {"dtype": dtype}})
+    assert main(["compare-cells", f"fp32={tmp_path / 'a'}", f"bf16={tmp_path / 'b'}", "--dataset", "toy",
+                 "--method", "random_real", "--out", str(out)]) == 0
+    assert pd.read_csv(out).model_dtype.tolist() == ["float32", "bfloat16"]
     capsys.readouterr()
     assert main(["compare-cells", f"x={tmp_path / 'c'}@magic", "--dataset", "toy", "--method", "gradmm"]) == 2
     assert "'magic'" in capsys.readouterr().err

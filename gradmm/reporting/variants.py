@@ -138,7 +138,7 @@ def compare_cells(studies: dict[str, tuple[Path, str]], dataset: str) -> "pd.Dat
     """One dataset's cell run in several studies (label -> (study folder, method); e.g. fp32 and the fast path,
     or two variants drawing the same LM texts), one row each, with its method: the
     seed spread, the mean dev accuracy (the split to choose by), training texts and share of test predictions in
-    the most predicted class, the cell's mean f(Z), the model dtype it generated with, Welch's p against the first."""
+    the most predicted class, the cell's mean f(Z), the model dtype it ran with, Welch's p against the first."""
     from scipy.stats import ttest_ind
 
     rows, first = [], None
@@ -149,7 +149,9 @@ def compare_cells(studies: dict[str, tuple[Path, str]], dataset: str) -> "pd.Dat
             raise ValueError(f"no results of {dataset}/{method} under {study}/: run that cell first")
         first = df if first is None else first
         cell = Path(study) / dataset / method
-        config = cell / "generated-g0" / "run_config.json"
+        # the dtype it generated with; a baseline cell's own record (the dtype it fine-tuned with) otherwise
+        config = next((c for c in (cell / "generated-g0" / "run_config.json", cell / "run_config.json") if c.is_file()),
+                      cell / "run_config.json")
         rows.append({**seed_spread(df).iloc[0].to_dict(), "cell": label, "dev_mean": df.dev_accuracy.mean(),
                      "texts_mean": df.n_train.mean(), "majority_share_mean": df.majority_share.mean(),
                      "f_Z_mean": batch_f_Z(cell),
