@@ -77,7 +77,7 @@ OUT_OF_RANGE = {
     "generate.rho_growth": 0.5, "generate.topk": 0, "generate.init_candidates": 0, "generate.init_norm": -1,
     "generate.grad_clip": -1, "generate.matching_weight": -1, "generate.stop_changed_fraction": 1.5,
     "generate.seed": -1, "generate.swap_steps": -1, "generate.swap_candidates": 0, "generate.swap_next_topk": 0,
-    "generate.init_top_p": 0, "generate.stop_patience": -1, "generate.parallel_batches": 0,
+    "generate.init_top_p": 0, "generate.init_shots": -1, "generate.stop_patience": -1, "generate.parallel_batches": 0,
     "dp.epsilon": 0, "dp.delta": 1, "dp.clip_norm": 0, "dp.noise_seed_not_private": -1,
     "filter.n_per_class": 0, "filter.label_shots": -1, "filter.alpha": -1, "filter.seed": -1,
     "finetune.learning_rates": [0], "finetune.steps": 0, "finetune.batch_size": 0, "finetune.weight_decay": -1,
