@@ -8,7 +8,6 @@ Restarting the same command continues where it stopped; a directory started with
 import hashlib
 import json
 import logging
-import random
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -35,7 +34,7 @@ from gradmm.io.ray_engine import LOCAL, Engine, run_on_ray
 from gradmm.io.records import write_json, write_jsonl
 from gradmm.io.tensorfiles import load_tensors, save_tensors
 from gradmm.io.worksharing import check_claim, claimed_run_dir, file_lock, shared_loop
-from gradmm.methods.prompts import instruction, instruction_ids
+from gradmm.methods.prompts import class_demos, instruction, instruction_ids
 
 log = logging.getLogger(__name__)
 
@@ -101,12 +100,12 @@ def sampling_prefix_ids(tokenizer, task: Task, label: int, gen: GenerateConfig) 
     [] for zero-shot sampling."""
     if not gen.init_shots:
         return []
-    rows = [ex for ex in task.pool if ex.label == label]
-    if len(rows) < gen.init_shots:
-        raise ValueError(f"generate.init_shots={gen.init_shots}: the pool has only {len(rows)} texts of class "
-                         f"{task.class_names[label]!r}")
-    return [instruction_ids(tokenizer, task, instruction(task, label, random.Random(
-        f"init-shots-{gen.seed}-{label}-{j}").sample(rows, gen.init_shots))) for j in range(SAMPLING_DEMO_DRAWS)]
+    try:
+        draws = [class_demos(task, label, gen.init_shots, f"init-shots-{gen.seed}-{label}-{j}")
+                 for j in range(SAMPLING_DEMO_DRAWS)]
+    except ValueError as e:
+        raise ValueError(f"generate.init_shots={gen.init_shots}: {e}") from None
+    return [instruction_ids(tokenizer, task, instruction(task, label, demos)) for demos in draws]
 
 
 def matching_task(task: Task, gen: GenerateConfig) -> Task:

@@ -2,13 +2,11 @@
 class from the LM under the class instruction (gradmm.methods.prompts); `llm_few_shot_gen` puts real examples of
 that class from the pool into the instruction."""
 
-import random
-
 import torch
 from tqdm.auto import tqdm
 
 from gradmm.core.data import Example
-from gradmm.methods.prompts import clean_generation, instruction, instruction_ids
+from gradmm.methods.prompts import class_demos, clean_generation, instruction, instruction_ids
 
 
 @torch.no_grad()
@@ -61,10 +59,7 @@ def generate_llm_texts(model, tokenizer, task, label: int, n: int, seed: int, de
 
 def llm_few_shot_gen(model, tokenizer, task, label: int, n: int, seed: int, shots: int = 4, **kw) -> list[str]:
     """generate_llm_texts with `shots` real examples of the class, drawn from the pool with the seed, as demos."""
-    rows = [ex for ex in task.pool if ex.label == label]
-    if len(rows) < shots:
-        raise ValueError(f"the pool has {len(rows)} examples of class {label}, fewer than shots={shots}")
-    demos = random.Random(f"fewshot-{seed}-{label}").sample(rows, shots)
+    demos = class_demos(task, label, shots, f"fewshot-{seed}-{label}")
     return generate_llm_texts(model, tokenizer, task, label, n, seed, demos=demos, **kw)
 
 

@@ -14,6 +14,7 @@ The authors' decoding prefixes ("You are now a movie critic ...", utilities.py:2
 a base model; SmolLM2 is an instruct model, so we ask it directly through its chat template.
 """
 
+import random
 import re
 
 from gradmm.core.data import Example
@@ -28,6 +29,15 @@ def instruction(task, label: int, demos: list[Example] = ()) -> str:
     shown = "\n".join(f"- {' '.join(d.text.split())}" for d in demos)
     return f"Here are some {domain}s {want}:\n{shown}\n\n{ask}"
 
+
+
+def class_demos(task, label: int, shots: int, key: str) -> list[Example]:
+    """`shots` pool texts of class `label`, drawn with the string `key` (the same key, the same texts)."""
+    rows = [ex for ex in task.pool if ex.label == label]
+    if len(rows) < shots:
+        raise ValueError(f"the pool has only {len(rows)} texts of class {task.class_names[label]!r}, fewer than "
+                         f"{shots} demonstrations")
+    return random.Random(key).sample(rows, shots)
 
 
 def instruction_ids(tokenizer, task, text: str) -> list[int]:
