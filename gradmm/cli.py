@@ -16,6 +16,8 @@ from gradmm.commands import (
     cmd_filter,
     cmd_finetune,
     cmd_generate,
+    cmd_gradient_agreement,
+    cmd_gradient_agreement_report,
     cmd_info,
     cmd_mlflow_import,
     cmd_prepare,
@@ -222,6 +224,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", required=True, help="the cell's method where a study names none")
     p.add_argument("--out", help="write the table here (csv)")
     p.set_defaults(func=cmd_compare_cells)
+
+    p = sub.add_parser("gradient-agreement", help="for every training set of the given studies: the distance of "
+                       "its gradients (head, last block, all blocks, all weights) to the dev split's, beside the "
+                       "accuracy it fine-tuned to; resumes an interrupted run")
+    _common(p)
+    p.add_argument("--task", required=True, help="a prepared task folder (its dev split is the reference)")
+    p.add_argument("--studies", nargs="+", required=True, help="study folders (<study>/<dataset>/<method>/)")
+    p.add_argument("--out", required=True, help="the table of sets (csv)")
+    p.set_defaults(func=cmd_gradient_agreement)
+
+    p = sub.add_parser("gradient-agreement-report", help="Spearman's rho of each gradient distance with accuracy, "
+                       "per dataset: table, markdown and figure")
+    p.add_argument("tables", nargs="+", help="tables of sets written by `gradmm gradient-agreement`")
+    p.add_argument("--out", required=True, help="the correlations (csv)")
+    p.add_argument("--markdown", required=True)
+    p.add_argument("--figure", required=True)
+    p.set_defaults(func=cmd_gradient_agreement_report)
 
     p = sub.add_parser("runtimes", help="stage runtimes of a full-profile run (its times.tsv), per stage and dataset")
     p.add_argument("times", nargs="?", default="studies/full-profile/times.tsv")

@@ -28,6 +28,7 @@ from gradmm.core.data import DATASETS, check_dataset_name, load_task, task_from_
 from gradmm.core.diagnostics import format_distances, target_distances
 from gradmm.core.models import OFFLINE_MODELS, check_model_name, load_model
 from gradmm.core.scoring import icl_accuracy
+from gradmm.experiments import gradient_agreement
 from gradmm.experiments.privacy import check_privacy, run_attacks
 from gradmm.experiments.transfer import run_target, settings
 from gradmm.experiments.variants import check_study, finetune_overrides, run_cell, screen_config
@@ -38,6 +39,7 @@ from gradmm.methods import filtering, finetune, registry
 from gradmm.methods.generate import check_dp, generate
 from gradmm.methods.registry import BASELINES, check_method, variant_overrides, variant_settings
 from gradmm.methods.trainsets import at_budget, check_experiment, evaluate_method, make_trainset
+from gradmm.reporting import gradient_agreement as agreement_report
 from gradmm.reporting import transfer, variants
 from gradmm.reporting.classification import compare_tables
 from gradmm.reporting.privacy import attack_tables, membership_summary
@@ -330,6 +332,40 @@ def cmd_compare_cells(args) -> None:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         table.round(4).to_csv(args.out, index=False)
     print(table.round(3).to_string(index=False))
+
+
+def cmd_gradient_agreement(args) -> list:
+    _, model_cfg = _data_model(args)
+    task = task_from_dir(Path(args.task))
+    studies = [Path(s) for s in args.studies]
+    for study in studies:
+        if not study.is_dir():
+            raise ValueError(f"gradient-agreement: study folder {study} does not exist")
+    out = Path(args.out)
+    check_writable(out)
+    sets = gradient_agreement.collect_sets(studies, task.name)
+    if not sets:
+        raise ValueError(f"gradient-agreement: no {task.name} training set with fine-tuning results under "
+                         f"{[str(s) for s in studies]}")
+    model, tok = load_model(model_cfg.name, model_cfg.device, model_cfg.dtype)
+    partial = out.with_suffix(".partial.jsonl")  # finished rows of an interrupted run
+    out.parent.mkdir(parents=True, exist_ok=True)
+    rows = gradient_agreement.measure_sets(model, tok, task, sets, partial=partial)
+    import pandas as pd
+
+    pd.DataFrame(rows).round(6).to_csv(out, index=False)
+    partial.unlink(missing_ok=True)
+    print(f"{task.name}: {len(rows)} training sets measured -> {out}")
+    return rows
+
+
+def cmd_gradient_agreement_report(args) -> None:
+    for path in args.tables:
+        if not Path(path).is_file():
+            raise ValueError(f"gradient-agreement-report: no table at {path} (written by `gradmm gradient-agreement`)")
+    corr = agreement_report.write_report([Path(p) for p in args.tables], Path(args.out), Path(args.markdown),
+                                         Path(args.figure))
+    print(agreement_report.markdown(corr))
 
 
 def cmd_runtimes(args) -> None:
