@@ -1,4 +1,5 @@
 import json
+import math
 
 import pandas as pd
 import pytest
@@ -114,3 +115,17 @@ def test_cli_names_a_missing_study_before_loading_anything(toy_task, tmp_path, c
     assert main(["gradient-agreement-report", str(tmp_path / "missing.csv"), "--out", "a.csv", "--markdown", "a.md",
                  "--figure", "a.png"]) == 2
     assert "missing.csv" in capsys.readouterr().err
+
+
+def test_partial_rank_correlation_removes_what_set_size_explains():
+    size = pd.Series([10, 20, 30, 40, 50, 60])
+    # distance and accuracy both follow set size only: a perfect ρ, and nothing left at a fixed size
+    distance = pd.Series([6, 5, 4, 3, 2, 1])
+    accuracy = pd.Series([0.5, 0.6, 0.7, 0.75, 0.8, 0.9])
+    assert report.correlations(pd.DataFrame({"dataset": "d", "texts": size, "head_paper_class": distance,
+                                             "test_accuracy": accuracy, "dev_accuracy": accuracy}))[
+        "rho_test"].iloc[1] == pytest.approx(-1.0)
+    assert math.isnan(report.partial_rank_correlation(distance, accuracy, size))
+    # within size, the distance ranks accuracy: it survives
+    noise = pd.Series([0.0, 1, 0, 1, 0, 1])
+    assert report.partial_rank_correlation(-noise, pd.Series([1.0, 2, 3, 4, 5, 6]) + 3 * noise, size) < -0.5

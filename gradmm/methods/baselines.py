@@ -5,7 +5,7 @@ facts about how it was made. The registry (gradmm.methods.registry) names which 
 `gradmm.methods.trainsets.make_trainset` calls it.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from gradmm.config import ExperimentConfig, FilterConfig
 from gradmm.core.data import Task
@@ -61,13 +61,15 @@ def full_real(req: SetRequest) -> tuple[list[dict], dict]:
     return _rows(req.task.pool), {}
 
 
-def _llm_text(req: SetRequest, shots: int) -> tuple[list[dict], dict]:
-    """LM samples under the label instruction (as many as GRADMM's raw texts), through GRADMM's filter."""
+def _llm_text(req: SetRequest, shots: int, rank: str | None = None) -> tuple[list[dict], dict]:
+    """LM samples under the label instruction (as many as GRADMM's raw texts), through GRADMM's filter (ranking
+    with `rank` instead of filter.rank where given)."""
     model, tok, task = req.model, req.tokenizer, req.task
     raw = generate_llm_dataset(model, tok, task, req.experiment.llm_raw_per_class, req.seed, shots=shots,
                                progress=req.progress)
     scored = score_rows(model, tok, task, [{"text": ex.text, "label": ex.label, "seed": req.seed} for ex in raw])
-    kept, stats = filter_rows(model, tok, task, scored, req.filter, progress=req.progress)
+    cfg = req.filter if rank is None else replace(req.filter or FilterConfig(), rank=rank)
+    kept, stats = filter_rows(model, tok, task, scored, cfg, progress=req.progress)
     return kept, {"filter": stats, "raw": scored}  # every sample, kept or not, for inspection
 
 
@@ -77,3 +79,13 @@ def llm_zero_shot_gen(req: SetRequest) -> tuple[list[dict], dict]:
 
 def llm_few_shot_gen(req: SetRequest) -> tuple[list[dict], dict]:
     return _llm_text(req, shots=req.experiment.llm_shots)
+
+
+# The same LM draws (same seeds) as the two above, but the label-consistent texts kept are the set whose fine-tuning
+# gradient over every weight best matches the pool's (filter rank set_gradient), not the best texts one by one.
+def gradmm_select_full(req: SetRequest) -> tuple[list[dict], dict]:
+    return _llm_text(req, shots=0, rank="set_gradient")
+
+
+def gradmm_select_full_few_shot(req: SetRequest) -> tuple[list[dict], dict]:
+    return _llm_text(req, shots=req.experiment.llm_shots, rank="set_gradient")

@@ -2,7 +2,8 @@
 
 1. clean-up and de-duplication (empty texts and repeats out);
 2. label consistency: the same LM classifies each text in context; texts it labels otherwise are dropped;
-3. per class, rank by match loss + α·log-perplexity and keep the best `n_per_class`;
+3. per class, rank by match loss + α·log-perplexity and keep the best `n_per_class` (or, `rank: set_gradient`,
+   keep the set whose fine-tuning gradient over every weight best matches the pool's: not the authors');
 4. class balance: every class is cut to the smallest class's count.
 
 A class left with fewer than n_per_class texts is reported (a warning, and `short` in the stats); a set left
@@ -22,6 +23,7 @@ import logging
 
 from gradmm.config import FilterConfig
 from gradmm.core.data import TEMPLATES, Example, Task, Template, deduplicate
+from gradmm.methods.full_gradient import GradientSketch, choose_matching_set, example_sketches, fine_tuning_gradient
 from gradmm.core.matching import class_targets, cosine_distance_to_target
 from gradmm.core.perplexity import log_perplexity
 from gradmm.core.scoring import first_label_ids, predict, sample_demos
@@ -32,6 +34,9 @@ log = logging.getLogger(__name__)
 
 
 CLASSIFIERS = ("lm", "pool_logreg", "both")
+# score: each text by its own match loss (+ α·log-perplexity); none: generation order; set_gradient: the set whose
+# fine-tuning gradient over every weight is closest to the pool's (gradmm.methods.full_gradient)
+RANKS = ("score", "none", "set_gradient")
 
 
 def check_config(cfg: FilterConfig) -> None:
@@ -39,8 +44,10 @@ def check_config(cfg: FilterConfig) -> None:
         raise ValueError(f"filter.n_per_class must be ≥ 1, got {cfg.n_per_class}")
     if cfg.classifier not in CLASSIFIERS:
         raise ValueError(f"filter.classifier {cfg.classifier!r}: use one of {CLASSIFIERS}")
-    if cfg.rank not in ("score", "none"):
-        raise ValueError(f"filter.rank {cfg.rank!r}: use 'score' or 'none'")
+    if cfg.rank not in RANKS:
+        raise ValueError(f"filter.rank {cfg.rank!r}: use one of {RANKS}")
+    if cfg.rank == "set_gradient" and not cfg.balance:
+        raise ValueError("filter.rank='set_gradient' chooses the same number of texts per class: set filter.balance=true")
     if cfg.label_shots < 0:
         raise ValueError(f"filter.label_shots must be ≥ 0, got {cfg.label_shots}")
     if cfg.label_template and cfg.label_template not in TEMPLATES and "{text}" not in cfg.label_template:
@@ -76,6 +83,9 @@ def filter_rows(model, tokenizer, task: Task, rows: list[dict], cfg: FilterConfi
     stats["deduplicated"] = _counts(rows, task.n_classes)
     if cfg.label_filter and cfg.classifier != "lm" and private:
         raise ValueError(f"filter.classifier={cfg.classifier!r} is trained on the private pool: use 'lm' in DP runs")
+    if cfg.rank == "set_gradient" and private:
+        raise ValueError("filter.rank='set_gradient' matches the private pool's gradient without noise: use 'score' "
+                         "in DP runs")
     if cfg.label_filter and rows and cfg.classifier in ("lm", "both"):
         shots = 0 if private else cfg.label_shots
         demos = sample_demos(task.pool, shots, task.n_classes, cfg.seed)
@@ -90,6 +100,8 @@ def filter_rows(model, tokenizer, task: Task, rows: list[dict], cfg: FilterConfi
     by_class = [[r for r in rows if r["label"] == c] for c in range(task.n_classes)]
     if cfg.rank == "score":
         by_class = [sorted(rs, key=lambda r: r["match_loss"] + cfg.alpha * r["log_perplexity"]) for rs in by_class]
+    elif cfg.rank == "set_gradient":
+        by_class, stats["set_gradient"] = matching_set(model, tokenizer, task, by_class, cfg, progress)
     by_class = [rs[:cfg.n_per_class] for rs in by_class]
     before_balance = by_class
     if cfg.balance:
@@ -105,6 +117,23 @@ def filter_rows(model, tokenizer, task: Task, rows: list[dict], cfg: FilterConfi
                     cfg.n_per_class, f"; no text of {none_passed} passed" if none_passed else "",
                     " — the training set is EMPTY: its method gets no accuracy" if not kept else "")
     return kept, stats
+
+
+def matching_set(model, tokenizer, task: Task, by_class: list[list[dict]], cfg: FilterConfig,
+                 progress: bool = True) -> tuple[list[list[dict]], dict]:
+    """Per class, the rows of the set (the same count per class, at most n_per_class) whose fine-tuning gradient
+    over every weight is closest in cosine to the pool's (gradmm.methods.full_gradient); with how close it came."""
+    m = min(cfg.n_per_class, *(len(rs) for rs in by_class))
+    if m == 0:
+        return [[] for _ in by_class], {}
+    rows = [r for rs in by_class for r in rs]
+    examples = [Example(r["text"], r["label"]) for r in rows]
+    sketch = GradientSketch(model, seed=cfg.seed)
+    reference = sketch(fine_tuning_gradient(model, tokenizer, task.pool, task.template))
+    sketches = example_sketches(model, tokenizer, examples, task.template, sketch, progress)
+    kept, info = choose_matching_set(sketches, [r["label"] for r in rows], reference, m)
+    kept = sorted(kept)
+    return [[rows[i] for i in kept if rows[i]["label"] == c] for c in range(len(by_class))], info
 
 
 def pool_classifier_predictions(task: Task, texts: list[str]) -> tuple[list[int], float]:

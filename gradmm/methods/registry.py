@@ -2,7 +2,8 @@
 
     in_context   zero_shot, few_shot: no fine-tuning (few_shot: n demonstrations per class in the prompt)
     real         random_real, herding, kcenter (n real texts per class of the pool), full_real (the whole pool)
-    lm_text      llm_zero_shot_gen, llm_few_shot_gen: LM-sampled texts under a label instruction, then the filter
+    lm_text      llm_zero_shot_gen, llm_few_shot_gen: LM-sampled texts under a label instruction, then the filter;
+                 gradmm_select_full(_few_shot): the same texts, the set kept by matching the full fine-tuning gradient
     gradmm       GRADMM and its variants (overrides of the generate / dp / filter params), then the filter;
                  `<variant>_no_filter` is the same raw texts without the filter
 
@@ -60,6 +61,10 @@ BASELINES = {m.name: m for m in (
     Method("kcenter", "real", baselines.kcenter, per_seed_set=True),
     Method("llm_zero_shot_gen", "lm_text", baselines.llm_zero_shot_gen),
     Method("llm_few_shot_gen", "lm_text", baselines.llm_few_shot_gen),
+    # Matching that chooses among unconstrained LM text (any token, any length): the set whose fine-tuning gradient
+    # over every weight matches the pool's (gradmm.methods.full_gradient), from the two rows above' LM draws
+    Method("gradmm_select_full", "lm_text", baselines.gradmm_select_full),
+    Method("gradmm_select_full_few_shot", "lm_text", baselines.gradmm_select_full_few_shot),
     Method("full_real", "real", baselines.full_real),
 )}
 

@@ -1,0 +1,117 @@
+"""Matching the gradient fine-tuning takes over every weight, for choosing a training set among candidate texts.
+
+The paper matches the output head's gradient of the label word's cross-entropy over the vocabulary. Over the
+committed training sets of the quality studies, the distance that ranks sets by the accuracy they train to is
+another one: fine-tuning's own loss (softmax over the label words), all weights, the whole set in one mean
+(gradmm.experiments.gradient_agreement; reports/README.md). That gradient has 135M entries for SmolLM2, too many to
+keep per text, so each per-text gradient is kept as a sketch: folded to k coordinates after a random sign per
+weight (a count sketch with hash i mod k). Sketching is linear and ⟨S a, S b⟩ is an unbiased estimate of ⟨a, b⟩,
+so a set's cosine to the reference is computed from the candidates' sketches alone.
+
+`choose_matching_set` then keeps n texts per class whose mean gradient is closest in cosine to the reference
+(the pool's), by exact exchanges of a kept text for an unkept one of the same class (from the Gram matrix of the
+sketches), as gradmm.core.admm.select_rows does for the head gradient.
+"""
+
+import torch
+from tqdm.auto import tqdm
+
+from gradmm.core.data import Example, Template
+from gradmm.core.scoring import first_label_ids
+from gradmm.methods.finetune import classification_loss
+
+SKETCH_DIM = 2 ** 20
+REFERENCE_BATCH = 10
+
+
+class GradientSketch:
+    """k-dimensional sketches of gradients over a model's trainable weights (fixed random signs, from `seed`)."""
+
+    def __init__(self, model, k: int = SKETCH_DIM, seed: int = 0):
+        gen = torch.Generator().manual_seed(seed)
+        self.k = k
+        self.params = [p for p in model.parameters()]
+        self.signs = [(torch.randint(0, 2, (p.numel(),), generator=gen, dtype=torch.int8) * 2 - 1) for p in self.params]
+
+    def __call__(self, grads: list[torch.Tensor]) -> torch.Tensor:
+        out = torch.zeros(self.k)
+        for g, s in zip(grads, self.signs):
+            flat = g.detach().reshape(-1).float().cpu() * s
+            pad = (-flat.numel()) % self.k
+            out += torch.nn.functional.pad(flat, (0, pad)).view(-1, self.k).sum(0)
+        return out
+
+
+def fine_tuning_gradient(model, tokenizer, examples: list[Example], template: Template) -> list[torch.Tensor]:
+    """The gradient of fine-tuning's loss (mean over `examples`) w.r.t. every weight (one tensor per parameter)."""
+    label_ids = first_label_ids(tokenizer, template)
+    was = [p.requires_grad for p in model.parameters()]
+    model.requires_grad_(True)
+    model.zero_grad(set_to_none=True)
+    for start in range(0, len(examples), REFERENCE_BATCH):
+        batch = examples[start:start + REFERENCE_BATCH]
+        loss = classification_loss(model, tokenizer, batch, template, label_ids)
+        (loss * len(batch) / len(examples)).backward()
+    grads = [p.grad.detach().clone() for p in model.parameters()]
+    model.zero_grad(set_to_none=True)
+    for p, w in zip(model.parameters(), was):
+        p.requires_grad_(w)
+    return grads
+
+
+def example_sketches(model, tokenizer, examples: list[Example], template: Template, sketch: GradientSketch,
+                     progress: bool = True) -> torch.Tensor:
+    """(N, k): the sketch of each example's own fine-tuning gradient."""
+    rows = [sketch(fine_tuning_gradient(model, tokenizer, [ex], template))
+            for ex in tqdm(examples, desc="per-text gradients", disable=not progress, leave=False)]
+    return torch.stack(rows) if rows else torch.zeros(0, sketch.k)
+
+
+def set_distance(K: torch.Tensor, b: torch.Tensor, ref_sq: float, kept: list[int]) -> float:
+    """1 − cos(mean of the kept rows' gradients, reference), from the Gram matrix K and b = ⟨g_i, reference⟩."""
+    idx = torch.tensor(kept)
+    return 1 - float(b[idx].sum() / (K[idx][:, idx].sum() * ref_sq).sqrt())
+
+
+def choose_matching_set(sketches: torch.Tensor, labels: list[int], reference: torch.Tensor, n_per_class: int,
+                        max_exchanges: int = 500) -> tuple[list[int], dict]:
+    """Indices of n_per_class rows per class (every class with at least that many) whose mean gradient is closest
+    in cosine to `reference`. Start: per class, the rows with the best cosine of their own; then the best
+    exchange of a kept row for an unkept row of the same class while it lowers the distance.
+    Returns (kept indices, {"start_distance", "distance", "exchanges"})."""
+    G, ref = sketches.double(), reference.double()
+    K, b, ref_sq = G @ G.T, G @ ref, float(ref @ ref)
+    own = b / (K.diagonal().clamp_min(1e-30) * ref_sq).sqrt()
+    classes = sorted(set(labels))
+    by_class = {c: [i for i, y in enumerate(labels) if y == c] for c in classes}
+    for c, rows in by_class.items():
+        if len(rows) < n_per_class:
+            raise ValueError(f"class {c} has {len(rows)} candidate texts, fewer than n_per_class={n_per_class}")
+    kept = [i for c in classes for i in sorted(by_class[c], key=lambda i: -float(own[i]))[:n_per_class]]
+    start = dist = set_distance(K, b, ref_sq, kept)
+    exchanges = 0
+    for exchanges in range(max_exchanges):
+        S = torch.tensor(kept)
+        sum_b, sum_K, r = b[S].sum(), K[S][:, S].sum(), K[:, S].sum(1)  # r_j = Σ_{s∈S} K_js
+        best = (dist, None)
+        for c in classes:
+            ins = torch.tensor([i for i in kept if labels[i] == c])
+            outs = torch.tensor([j for j in by_class[c] if j not in set(kept)])
+            if not len(outs):
+                continue
+            # swapping i out and j in: Σb − b_i + b_j; ΣK − 2 r_i + K_ii + 2 (r_j − K_ji) + K_jj
+            nb = sum_b - b[ins][:, None] + b[outs][None, :]
+            nK = (sum_K - 2 * r[ins][:, None] + K[ins, ins][:, None] + 2 * (r[outs][None, :] - K[ins][:, outs])
+                  + K[outs, outs][None, :])
+            d = 1 - nb / (nK.clamp_min(1e-30) * ref_sq).sqrt()
+            k = int(d.argmin())
+            if float(d.view(-1)[k]) < best[0] - 1e-12:
+                best = (float(d.view(-1)[k]), (int(ins[k // len(outs)]), int(outs[k % len(outs)])))
+        if best[1] is None:
+            break
+        i, j = best[1]
+        kept[kept.index(i)] = j
+        dist = best[0]
+    else:
+        exchanges = max_exchanges
+    return kept, {"start_distance": round(start, 6), "distance": round(dist, 6), "exchanges": exchanges}

@@ -1,0 +1,96 @@
+"""Choosing a training set by the fine-tuning gradient over every weight (filter rank set_gradient)."""
+
+import pytest
+import torch
+
+from gradmm.config import ExperimentConfig, FilterConfig
+from gradmm.methods import filtering
+from gradmm.methods.full_gradient import (
+    GradientSketch,
+    choose_matching_set,
+    example_sketches,
+    fine_tuning_gradient,
+    set_distance,
+)
+from gradmm.methods.trainsets import make_trainset
+
+
+def test_sketch_is_linear_and_keeps_inner_products(tiny):
+    model, _ = tiny
+    sketch = GradientSketch(model, k=2 ** 16, seed=0)
+    gen = torch.Generator().manual_seed(1)
+    a = [torch.randn(p.shape, generator=gen) for p in model.parameters()]
+    b = [x + 0.5 * torch.randn(x.shape, generator=gen) for x in a]  # correlated with a
+    Sa, Sb = sketch(a), sketch(b)
+    assert torch.allclose(sketch([x + y for x, y in zip(a, b)]), Sa + Sb, atol=1e-3)
+    exact = sum(float((x * y).sum()) for x, y in zip(a, b))
+    norms = (sum(float((x * x).sum()) for x in a) * sum(float((y * y).sum()) for y in b)) ** 0.5
+    assert abs(float(Sa @ Sb) - exact) / norms < 0.05  # error ~ 1/sqrt(k) relative to the norms
+    assert torch.equal(GradientSketch(model, k=2 ** 16, seed=0)(a), Sa)  # the same signs from the same seed
+
+
+def test_choice_finds_the_rows_that_make_the_reference():
+    gen = torch.Generator().manual_seed(0)
+    G = torch.randn(12, 50, generator=gen)
+    labels = [0] * 6 + [1] * 6
+    target_rows = [1, 4, 7, 11]  # two per class
+    reference = G[target_rows].mean(0)
+    kept, info = choose_matching_set(G, labels, reference, n_per_class=2)
+    assert sorted(kept) == target_rows and info["distance"] == pytest.approx(0.0, abs=1e-9)
+    assert info["distance"] <= info["start_distance"]
+    K, b = G.double() @ G.double().T, G.double() @ reference.double()
+    assert set_distance(K, b, float(reference.double() @ reference.double()), kept) == pytest.approx(0.0, abs=1e-9)
+    with pytest.raises(ValueError, match="class 0 has 6 candidate texts, fewer than n_per_class=7"):
+        choose_matching_set(G, labels, reference, n_per_class=7)
+
+
+def test_filter_keeps_the_best_matching_balanced_set(tiny, toy_task):
+    model, tok = tiny
+    rows = [{"text": ex.text, "label": ex.label, "match_loss": 0.0, "log_perplexity": 0.0} for ex in toy_task.test]
+    cfg = FilterConfig(n_per_class=3, label_filter=False, rank="set_gradient")
+    kept, stats = filtering.filter_rows(model, tok, toy_task, rows, cfg, progress=False)
+    assert stats["kept"] == [3, 3] and all(r in rows for r in kept)
+    info = stats["set_gradient"]
+    assert info["distance"] <= info["start_distance"]
+    # the reported distance is the kept set's own, recomputed from exact (unsketched) gradients within sketch error
+    from gradmm.core.data import Example
+
+    exact_set = fine_tuning_gradient(model, tok, [Example(r["text"], r["label"]) for r in kept], toy_task.template)
+    exact_pool = fine_tuning_gradient(model, tok, toy_task.pool, toy_task.template)
+    dot = sum(float((a * b).sum()) for a, b in zip(exact_set, exact_pool))
+    norm = (sum(float((a * a).sum()) for a in exact_set) * sum(float((b * b).sum()) for b in exact_pool)) ** 0.5
+    assert 1 - dot / norm == pytest.approx(info["distance"], abs=0.05)
+    assert not any(p.requires_grad for p in model.parameters())  # the shared model is left frozen
+
+
+def test_set_gradient_is_refused_where_it_cannot_apply(tiny, toy_task):
+    model, tok = tiny
+    rows = [{"text": ex.text, "label": ex.label, "match_loss": 0.0, "log_perplexity": 0.0} for ex in toy_task.test]
+    with pytest.raises(ValueError, match="private pool's gradient"):
+        filtering.filter_rows(model, tok, toy_task, rows, FilterConfig(n_per_class=2, rank="set_gradient"),
+                              private=True, progress=False)
+    with pytest.raises(ValueError, match="filter.balance=true"):
+        filtering.check_config(FilterConfig(rank="set_gradient", balance=False))
+    with pytest.raises(ValueError, match="filter.rank 'best'"):
+        filtering.check_config(FilterConfig(rank="best"))
+
+
+def test_example_sketches_are_per_text(tiny, toy_task):
+    model, tok = tiny
+    sketch = GradientSketch(model, k=4096)
+    S = example_sketches(model, tok, toy_task.pool[:3], toy_task.template, sketch, progress=False)
+    assert S.shape == (3, 4096)
+    assert torch.allclose(S[1], sketch(fine_tuning_gradient(model, tok, [toy_task.pool[1]], toy_task.template)))
+
+
+def test_gradmm_select_full_keeps_the_llm_draws_and_chooses_among_them(tiny, toy_task):
+    model, tok = tiny
+    exp = ExperimentConfig(llm_raw_per_class=4, n_per_class=2)
+    filt = FilterConfig(n_per_class=2, label_filter=False)
+    chosen, info = make_trainset("gradmm_select_full", model, tok, toy_task, exp, seed=0, filter_cfg=filt,
+                                 progress=False)
+    plain, plain_info = make_trainset("llm_zero_shot_gen", model, tok, toy_task, exp, seed=0, filter_cfg=filt,
+                                      progress=False)
+    assert [r["text"] for r in info["raw"]] == [r["text"] for r in plain_info["raw"]]  # the same LM draws
+    raw = {r["text"] for r in info["raw"]}
+    assert len(chosen) == 4 and {r["text"] for r in chosen} <= raw and "set_gradient" in info["filter"]
