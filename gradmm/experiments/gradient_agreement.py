@@ -28,13 +28,12 @@ from gradmm.core.matching import class_targets, cosine_distance_to_target, head_
 from gradmm.core.models import last_hidden
 from gradmm.core.scoring import first_label_ids, pad_left, prompt_ids, template_prompt
 from gradmm.io.records import read_json, read_jsonl, read_text_rows
-from gradmm.methods.finetune import classification_loss
+from gradmm.methods.full_gradient import fine_tuning_gradient, loss_gradient
 
 log = logging.getLogger(__name__)
 
 LOSSES = ("paper", "finetune")
 GROUPS = ("last_block", "blocks", "all")
-BATCH = 10
 
 
 @dataclass
@@ -92,15 +91,9 @@ def vocab_label_loss(model, tokenizer, examples: list[Example], template: Templa
 
 def class_gradient(model, tokenizer, examples: list[Example], template: Template, loss: str) -> list[torch.Tensor]:
     """The gradient of the mean loss over `examples` w.r.t. every parameter (one tensor per parameter)."""
-    label_ids = first_label_ids(tokenizer, template)
-    params = list(model.parameters())
-    model.zero_grad(set_to_none=True)
-    for start in range(0, len(examples), BATCH):
-        batch = examples[start:start + BATCH]
-        value = (vocab_label_loss(model, tokenizer, batch, template) if loss == "paper" else
-                 classification_loss(model, tokenizer, batch, template, label_ids))
-        (value * len(batch) / len(examples)).backward()
-    return [p.grad.detach().clone() for p in params]
+    if loss == "finetune":
+        return fine_tuning_gradient(model, tokenizer, examples, template)
+    return loss_gradient(model, examples, lambda batch: vocab_label_loss(model, tokenizer, batch, template))
 
 
 def gram(vectors: list[list[torch.Tensor]], groups: dict[str, list[int]]) -> dict[str, torch.Tensor]:

@@ -21,7 +21,7 @@ from gradmm.core.scoring import first_label_ids
 from gradmm.methods.finetune import classification_loss
 
 SKETCH_DIM = 2 ** 20
-REFERENCE_BATCH = 10
+GRADIENT_BATCH = 10
 
 
 class GradientSketch:
@@ -42,21 +42,26 @@ class GradientSketch:
         return out
 
 
-def fine_tuning_gradient(model, tokenizer, examples: list[Example], template: Template) -> list[torch.Tensor]:
-    """The gradient of fine-tuning's loss (mean over `examples`) w.r.t. every weight (one tensor per parameter)."""
-    label_ids = first_label_ids(tokenizer, template)
+def loss_gradient(model, examples: list[Example], batch_loss) -> list[torch.Tensor]:
+    """The gradient of the mean of `batch_loss(batch)` over `examples` (taken GRADIENT_BATCH at a time) w.r.t. every
+    weight, one tensor per parameter; the weights' requires_grad flags are left as they were."""
     was = [p.requires_grad for p in model.parameters()]
     model.requires_grad_(True)
     model.zero_grad(set_to_none=True)
-    for start in range(0, len(examples), REFERENCE_BATCH):
-        batch = examples[start:start + REFERENCE_BATCH]
-        loss = classification_loss(model, tokenizer, batch, template, label_ids)
-        (loss * len(batch) / len(examples)).backward()
+    for start in range(0, len(examples), GRADIENT_BATCH):
+        batch = examples[start:start + GRADIENT_BATCH]
+        (batch_loss(batch) * len(batch) / len(examples)).backward()
     grads = [p.grad.detach().clone() for p in model.parameters()]
     model.zero_grad(set_to_none=True)
     for p, w in zip(model.parameters(), was):
         p.requires_grad_(w)
     return grads
+
+
+def fine_tuning_gradient(model, tokenizer, examples: list[Example], template: Template) -> list[torch.Tensor]:
+    """The gradient of fine-tuning's loss (mean over `examples`) w.r.t. every weight (one tensor per parameter)."""
+    label_ids = first_label_ids(tokenizer, template)
+    return loss_gradient(model, examples, lambda batch: classification_loss(model, tokenizer, batch, template, label_ids))
 
 
 def example_sketches(model, tokenizer, examples: list[Example], template: Template, sketch: GradientSketch,
@@ -94,9 +99,10 @@ def choose_matching_set(sketches: torch.Tensor, labels: list[int], reference: to
         S = torch.tensor(kept)
         sum_b, sum_K, r = b[S].sum(), K[S][:, S].sum(), K[:, S].sum(1)  # r_j = Σ_{s∈S} K_js
         best = (dist, None)
+        kept_set = set(kept)
         for c in classes:
             ins = torch.tensor([i for i in kept if labels[i] == c])
-            outs = torch.tensor([j for j in by_class[c] if j not in set(kept)])
+            outs = torch.tensor([j for j in by_class[c] if j not in kept_set])
             if not len(outs):
                 continue
             # swapping i out and j in: Σb − b_i + b_j; ΣK − 2 r_i + K_ii + 2 (r_j − K_ji) + K_jj
