@@ -247,6 +247,9 @@ def test_compare_cells_puts_one_cell_of_two_studies_side_by_side(tmp_path, capsy
     assert table.majority_share_mean.tolist() == pytest.approx([0.6, 0.7])
     assert table.welch_p_vs_first.isna().tolist() == [True, False] and table.welch_p_vs_first[1] < 0.001
     assert table.method.tolist() == ["gradmm", "gradmm"]
+    # paired by generation seed: every set of b trains 20 points under a's set of the same seed
+    assert table.paired_gain_vs_first.isna()[0] and table.paired_gain_vs_first[1] == pytest.approx(-20)
+    assert table.paired_gains_vs_first[1] == "-20.0; -20.0; -20.0"
     cell("c", [0.60, 0.62, 0.64], 0.3, "float32", method="gradmm_select")  # another method, named per study
     assert main(["compare-cells", f"fp32={tmp_path / 'a'}", f"select={tmp_path / 'c'}@gradmm_select", "--dataset", "toy",
                  "--method", "gradmm", "--out", str(out)]) == 0

@@ -134,11 +134,25 @@ def batch_f_Z(cell: Path) -> float:
     return sum(values) / len(values) if values else float("nan")
 
 
+def paired_gains(first: "pd.DataFrame", cell: "pd.DataFrame") -> dict:
+    """The cell's gain over `first` per generation seed both have (set mean minus set mean, in points), their mean
+    and the seeds' gains as text ("+6.5; +5.5; +4.0"); blank for the first cell itself or without shared seeds."""
+    a, b = (d.groupby("generation_seed").accuracy.mean() for d in (first, cell))
+    shared = sorted(set(a.index) & set(b.index))
+    if cell is first or not shared:
+        return {"paired_gain_vs_first": float("nan"), "paired_gains_vs_first": ""}
+    gains = [100 * (b[g] - a[g]) for g in shared]
+    return {"paired_gain_vs_first": sum(gains) / len(gains),
+            "paired_gains_vs_first": "; ".join(f"{x:+.1f}" for x in gains)}
+
+
 def compare_cells(studies: dict[str, tuple[Path, str]], dataset: str) -> "pd.DataFrame":
     """One dataset's cell run in several studies (label -> (study folder, method); e.g. fp32 and the fast path,
     or two variants drawing the same LM texts), one row each, with its method: the
     seed spread, the mean dev accuracy (the split to choose by), training texts and share of test predictions in
-    the most predicted class, the cell's mean f(Z), the model dtype it ran with, Welch's p against the first."""
+    the most predicted class, the cell's mean f(Z), the model dtype it ran with, Welch's p against the first, and
+    the gain over the first paired by generation seed (each set's mean accuracy minus the first cell's set of the
+    same seed: the pairing that counts where two cells draw the same LM texts)."""
     from scipy.stats import ttest_ind
 
     rows, first = [], None
@@ -157,7 +171,8 @@ def compare_cells(studies: dict[str, tuple[Path, str]], dataset: str) -> "pd.Dat
                      "f_Z_mean": batch_f_Z(cell),
                      "model_dtype": read_json(config)["model"]["dtype"] if config.is_file() else None,
                      "welch_p_vs_first": float("nan") if df is first else
-                     ttest_ind(first.accuracy, df.accuracy, equal_var=False).pvalue})
+                     ttest_ind(first.accuracy, df.accuracy, equal_var=False).pvalue,
+                     **paired_gains(first, df)})
     table = pd.DataFrame(rows)
     return table[["dataset", "n_per_class", "cell", *[c for c in table.columns if c not in ("dataset", "n_per_class", "cell")]]]
 
