@@ -61,7 +61,8 @@ def loss_gradient(model, examples: list[Example], batch_loss) -> list[torch.Tens
 def fine_tuning_gradient(model, tokenizer, examples: list[Example], template: Template) -> list[torch.Tensor]:
     """The gradient of fine-tuning's loss (mean over `examples`) w.r.t. every weight (one tensor per parameter)."""
     label_ids = first_label_ids(tokenizer, template)
-    return loss_gradient(model, examples, lambda batch: classification_loss(model, tokenizer, batch, template, label_ids))
+    return loss_gradient(model, examples,
+                         lambda batch: classification_loss(model, tokenizer, batch, template, label_ids))
 
 
 def example_sketches(model, tokenizer, examples: list[Example], template: Template, sketch: GradientSketch,

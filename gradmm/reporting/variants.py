@@ -143,7 +143,7 @@ def paired_gains(first: "pd.DataFrame", cell: "pd.DataFrame") -> dict:
         return {"paired_gain_vs_first": float("nan"), "paired_gains_vs_first": ""}
     gains = [100 * (b[g] - a[g]) for g in shared]
     return {"paired_gain_vs_first": sum(gains) / len(gains),
-            "paired_gains_vs_first": "; ".join(f"{x:+.1f}" for x in gains)}
+            "paired_gains_vs_first": "; ".join(f"{round(x, 1) + 0.0:+.1f}" for x in gains)}  # no "-0.0"
 
 
 def compare_cells(studies: dict[str, tuple[Path, str]], dataset: str) -> "pd.DataFrame":
