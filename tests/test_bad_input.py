@@ -310,3 +310,19 @@ def test_concurrent_first_runs_share_the_tokenizer_cache(tmp_path, monkeypatch):
     folder = tmp_path / "cache" / "tokenizers" / "smollm2"
     assert (folder / "tokenizer_config.json").is_file() and len(tok) > 1000
     assert [p.name for p in folder.parent.iterdir()] == ["smollm2"]  # no temporary folder left behind
+
+
+@pytest.mark.parametrize("args, shown", [
+    (["--set", "model.dtyp=bfloat16"], "unknown key(s) ['dtyp'] in params section 'model'"),
+    (["--set", "model"], "must look like section.key=value"),
+    (["--bogus"], "unknown argument '--bogus'"),
+])
+def test_the_main_command_refuses_a_bad_override_before_it_copies_or_runs_anything(args, shown):
+    """scripts/quick.sh --set: the README's main command checks its overrides as `gradmm --set` does, first."""
+    import subprocess
+
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    run = subprocess.run(["bash", str(ROOT / "scripts" / "quick.sh"), *args], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2 and shown in run.stderr and "Traceback" not in run.stderr
+    assert "Running stage" not in run.stdout
