@@ -77,13 +77,14 @@ def test_dvc_pipeline_runs_once_and_only_reruns_what_changed(tmp_path):
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())
     missing = ["studies/quality"]
     while True:
+        # a foreach stage keeps its deps and outs under `do`
         dropped = {name: s for name, s in stages["stages"].items()
-                   if any(str(d).startswith(m) for d in s.get("deps", []) for m in missing)}
+                   if any(str(d).startswith(m) for d in s.get("do", s).get("deps", []) for m in missing)}
         if not dropped:
             break
         stages["stages"] = {name: s for name, s in stages["stages"].items() if name not in dropped}
         missing += [str(next(iter(o)) if isinstance(o, dict) else o).split("${")[0].rstrip("/")
-                    for s in dropped.values() for o in s.get("outs", [])]
+                    for s in dropped.values() for o in s.get("do", s).get("outs", [])]
     (tmp_path / "dvc.yaml").write_text(yaml.safe_dump(stages, sort_keys=False))
     (tmp_path / "toy.jsonl").write_text("".join(json.dumps({"text": e.text, "label": e.label}) + "\n"
                                                 for e in toy_examples(30)))
