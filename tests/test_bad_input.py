@@ -4,6 +4,7 @@ section.key and its value, the file and line, the path) before any model loads, 
 import json
 import os
 import shutil
+import subprocess
 import sys
 import typing
 from pathlib import Path
@@ -319,8 +320,6 @@ def test_concurrent_first_runs_share_the_tokenizer_cache(tmp_path, monkeypatch):
 ])
 def test_the_main_command_refuses_a_bad_override_before_it_copies_or_runs_anything(args, shown):
     """scripts/quick.sh --set: the README's main command checks its overrides as `gradmm --set` does, first."""
-    import subprocess
-
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     run = subprocess.run(["bash", str(ROOT / "scripts" / "quick.sh"), *args], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=120)
