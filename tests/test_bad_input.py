@@ -81,6 +81,7 @@ OUT_OF_RANGE = {
     "generate.init_top_p": 0, "generate.init_shots": -1, "generate.stop_patience": -1, "generate.parallel_batches": 0,
     "dp.epsilon": 0, "dp.delta": 1, "dp.clip_norm": 0, "dp.noise_seed_not_private": -1,
     "filter.n_per_class": 0, "filter.label_shots": -1, "filter.alpha": -1, "filter.seed": -1,
+    "filter.path_steps": [25], "filter.path_lr": 0,
     "finetune.learning_rates": [0], "finetune.steps": 0, "finetune.batch_size": 0, "finetune.weight_decay": -1,
     "finetune.max_grad_norm": -1, "finetune.eval_batch_size": 0, "finetune.lora_r": 0, "finetune.lora_alpha": 0,
     "experiment.seeds": [-1], "experiment.n_per_class": [0], "experiment.llm_raw_per_class": 0,

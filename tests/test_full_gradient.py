@@ -1,15 +1,21 @@
 """Choosing a training set by the fine-tuning gradient over every weight (filter rank set_gradient)."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 
 from gradmm.config import ExperimentConfig, FilterConfig
 from gradmm.methods import filtering
+from gradmm.methods.finetune import train_copy
 from gradmm.methods.full_gradient import (
     GradientSketch,
+    choose_from_gram,
     choose_matching_set,
     example_sketches,
     fine_tuning_gradient,
+    gram_terms,
+    path_gram_terms,
     set_distance,
 )
 from gradmm.methods.trainsets import make_trainset
@@ -94,3 +100,50 @@ def test_gradmm_select_full_keeps_the_llm_draws_and_chooses_among_them(tiny, toy
     assert [r["text"] for r in info["raw"]] == [r["text"] for r in plain_info["raw"]]  # the same LM draws
     raw = {r["text"] for r in info["raw"]}
     assert len(chosen) == 4 and {r["text"] for r in chosen} <= raw and "set_gradient" in info["filter"]
+
+
+def test_path_terms_are_the_checkpoints_joined_each_scaled_to_the_same_weight():
+    gen = torch.Generator().manual_seed(2)
+    G1, G2 = torch.randn(10, 30, generator=gen), 0.01 * torch.randn(10, 30, generator=gen)  # later: smaller
+    r1, r2 = G1[[0, 6]].mean(0) + 0.1 * torch.randn(30, generator=gen), G2[[2, 8]].mean(0)
+    labels = [0] * 5 + [1] * 5
+    joined = torch.cat([G1 / r1.norm(), G2 / r2.norm()], 1)
+    reference = torch.cat([r1 / r1.norm(), r2 / r2.norm()])
+    expected = choose_matching_set(joined, labels, reference, n_per_class=2)
+    got = choose_from_gram(*path_gram_terms([gram_terms(G1, r1), gram_terms(G2, r2)]), labels, n_per_class=2)
+    assert sorted(got[0]) == sorted(expected[0]) and got[1]["distance"] == pytest.approx(expected[1]["distance"])
+    # unscaled, the second checkpoint's small gradients would not count: the choice is the first one's alone
+    first_only = choose_matching_set(G1, labels, r1, n_per_class=2)
+    assert sorted(first_only[0]) != sorted(got[0])
+
+
+def test_stop_after_gives_the_runs_first_steps(tiny, toy_task):
+    model, tok = tiny
+    cfg = filtering.PATH_RECIPE
+    full, losses = train_copy(model, tok, toy_task.pool, toy_task.template, cfg, 5e-5, 0, progress=False)
+    part, part_losses = train_copy(model, tok, toy_task.pool, toy_task.template, cfg, 5e-5, 0, progress=False,
+                                   stop_after=3)
+    assert len(losses) == cfg.steps and part_losses == losses[:3]
+    moved = [not torch.equal(a, b) for a, b in zip(part.parameters(), model.parameters())]
+    assert any(moved) and any(not torch.equal(a, b) for a, b in zip(part.parameters(), full.parameters()))
+
+
+def test_set_gradient_path_matches_at_the_pools_checkpoints(tiny, toy_task):
+    model, tok = tiny
+    rows = [{"text": ex.text, "label": ex.label, "match_loss": 0.0, "log_perplexity": 0.0} for ex in toy_task.test]
+    base = FilterConfig(n_per_class=3, label_filter=False)
+    one, one_stats = filtering.filter_rows(model, tok, toy_task, rows, replace(base, rank="set_gradient"),
+                                           progress=False)
+    at_start, start_stats = filtering.filter_rows(
+        model, tok, toy_task, rows, replace(base, rank="set_gradient_path", path_steps=[0]), progress=False)
+    assert at_start == one and start_stats["set_gradient"] == one_stats["set_gradient"]  # step 0 alone: the same
+    kept, stats = filtering.filter_rows(model, tok, toy_task, rows,
+                                        replace(base, rank="set_gradient_path", path_steps=[0, 10]), progress=False)
+    info = stats["set_gradient"]
+    assert stats["kept"] == [3, 3] and info["path_steps"] == [0, 10] and info["distance"] <= info["start_distance"]
+    assert info["start_distance"] != one_stats["set_gradient"]["start_distance"]  # the checkpoint at 10 counts
+    assert not any(p.requires_grad for p in model.parameters())
+    for bad, match in ((dict(path_steps=[25]), r"filter.path_steps \[25\]"), (dict(path_steps=[]), "path_steps"),
+                       (dict(path_steps=[5, 5]), "distinct"), (dict(path_lr=0.0), "path_lr must be > 0")):
+        with pytest.raises(ValueError, match=match):
+            filtering.check_config(replace(base, rank="set_gradient_path", **bad))

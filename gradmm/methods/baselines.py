@@ -89,3 +89,9 @@ def gradmm_select_full(req: SetRequest) -> tuple[list[dict], dict]:
 
 def gradmm_select_full_few_shot(req: SetRequest) -> tuple[list[dict], dict]:
     return _llm_text(req, shots=req.experiment.llm_shots, rank="set_gradient")
+
+
+# gradmm_select_full's choice matched at several checkpoints of fine-tuning on the pool (filter.path_steps), not only
+# at the pretrained model: a set that pushes like the pool once the first steps have been taken, too
+def gradmm_select_path(req: SetRequest) -> tuple[list[dict], dict]:
+    return _llm_text(req, shots=0, rank="set_gradient_path")

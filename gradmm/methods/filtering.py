@@ -3,7 +3,8 @@
 1. clean-up and de-duplication (empty texts and repeats out);
 2. label consistency: the same LM classifies each text in context; texts it labels otherwise are dropped;
 3. per class, rank by match loss + α·log-perplexity and keep the best `n_per_class` (or, `rank: set_gradient`,
-   keep the set whose fine-tuning gradient over every weight best matches the pool's: not the authors');
+   keep the set whose fine-tuning gradient over every weight best matches the pool's: not the authors'; with
+   `set_gradient_path`, at several steps of fine-tuning on the pool, not only at the pretrained model);
 4. class balance: every class is cut to the smallest class's count.
 
 A class left with fewer than n_per_class texts is reported (a warning, and `short` in the stats); a set left
@@ -21,9 +22,11 @@ Where this differs from the authors' filtering code and why:
 
 import logging
 
-from gradmm.config import FilterConfig
+from gradmm.config import FilterConfig, FinetuneConfig
 from gradmm.core.data import TEMPLATES, Example, Task, Template, deduplicate
-from gradmm.methods.full_gradient import GradientSketch, choose_matching_set, example_sketches, fine_tuning_gradient
+from gradmm.methods.finetune import train_copy
+from gradmm.methods.full_gradient import (GradientSketch, choose_from_gram, example_sketches, fine_tuning_gradient,
+                                          gram_terms, path_gram_terms)
 from gradmm.core.matching import class_targets, cosine_distance_to_target
 from gradmm.core.perplexity import log_perplexity
 from gradmm.core.scoring import first_label_ids, predict, sample_demos
@@ -35,8 +38,13 @@ log = logging.getLogger(__name__)
 
 CLASSIFIERS = ("lm", "pool_logreg", "both")
 # score: each text by its own match loss (+ α·log-perplexity); none: generation order; set_gradient: the set whose
-# fine-tuning gradient over every weight is closest to the pool's (gradmm.methods.full_gradient)
-RANKS = ("score", "none", "set_gradient")
+# fine-tuning gradient over every weight is closest to the pool's (gradmm.methods.full_gradient); set_gradient_path:
+# the same at several checkpoints of fine-tuning on the pool (filter.path_steps), each counting as much
+RANKS = ("score", "none", "set_gradient", "set_gradient_path")
+SET_RANKS = ("set_gradient", "set_gradient_path")
+# The pool fine-tuning whose checkpoints set_gradient_path matches at: the studies' recipe (20 steps of 8, linear
+# decay), its LR from filter.path_lr
+PATH_RECIPE = FinetuneConfig(learning_rates=[5e-5])
 
 
 def check_config(cfg: FilterConfig) -> None:
@@ -46,8 +54,15 @@ def check_config(cfg: FilterConfig) -> None:
         raise ValueError(f"filter.classifier {cfg.classifier!r}: use one of {CLASSIFIERS}")
     if cfg.rank not in RANKS:
         raise ValueError(f"filter.rank {cfg.rank!r}: use one of {RANKS}")
-    if cfg.rank == "set_gradient" and not cfg.balance:
-        raise ValueError("filter.rank='set_gradient' chooses the same number of texts per class: set filter.balance=true")
+    if cfg.rank in SET_RANKS and not cfg.balance:
+        raise ValueError(f"filter.rank={cfg.rank!r} chooses the same number of texts per class: set "
+                         "filter.balance=true")
+    bad = [s for s in cfg.path_steps if not 0 <= s <= PATH_RECIPE.steps]
+    if not cfg.path_steps or bad or len(set(cfg.path_steps)) != len(cfg.path_steps):
+        raise ValueError(f"filter.path_steps {cfg.path_steps}: distinct steps of the pool fine-tuning, each from 0 "
+                         f"to {PATH_RECIPE.steps}")
+    if not cfg.path_lr > 0:
+        raise ValueError(f"filter.path_lr must be > 0, got {cfg.path_lr}")
     if cfg.label_shots < 0:
         raise ValueError(f"filter.label_shots must be ≥ 0, got {cfg.label_shots}")
     if cfg.label_template and cfg.label_template not in TEMPLATES and "{text}" not in cfg.label_template:
@@ -83,8 +98,8 @@ def filter_rows(model, tokenizer, task: Task, rows: list[dict], cfg: FilterConfi
     stats["deduplicated"] = _counts(rows, task.n_classes)
     if cfg.label_filter and cfg.classifier != "lm" and private:
         raise ValueError(f"filter.classifier={cfg.classifier!r} is trained on the private pool: use 'lm' in DP runs")
-    if cfg.rank == "set_gradient" and private:
-        raise ValueError("filter.rank='set_gradient' matches the private pool's gradient without noise: use 'score' "
+    if cfg.rank in SET_RANKS and private:
+        raise ValueError(f"filter.rank={cfg.rank!r} matches the private pool's gradient without noise: use 'score' "
                          "in DP runs")
     if cfg.label_filter and rows and cfg.classifier in ("lm", "both"):
         shots = 0 if private else cfg.label_shots
@@ -100,7 +115,7 @@ def filter_rows(model, tokenizer, task: Task, rows: list[dict], cfg: FilterConfi
     by_class = [[r for r in rows if r["label"] == c] for c in range(task.n_classes)]
     if cfg.rank == "score":
         by_class = [sorted(rs, key=lambda r: r["match_loss"] + cfg.alpha * r["log_perplexity"]) for rs in by_class]
-    elif cfg.rank == "set_gradient":
+    elif cfg.rank in SET_RANKS:
         by_class, stats["set_gradient"] = matching_set(model, tokenizer, task, by_class, cfg, progress)
     by_class = [rs[:cfg.n_per_class] for rs in by_class]
     before_balance = by_class
@@ -129,9 +144,18 @@ def matching_set(model, tokenizer, task: Task, by_class: list[list[dict]], cfg: 
     rows = [r for rs in by_class for r in rs]
     examples = [Example(r["text"], r["label"]) for r in rows]
     sketch = GradientSketch(model, seed=cfg.seed)
-    reference = sketch(fine_tuning_gradient(model, tokenizer, task.pool, task.template))
-    sketches = example_sketches(model, tokenizer, examples, task.template, sketch, progress)
-    kept, info = choose_matching_set(sketches, [r["label"] for r in rows], reference, m)
+    terms = []
+    for step in (cfg.path_steps if cfg.rank == "set_gradient_path" else [0]):
+        # the pool's own fine-tuning, stopped after `step` steps (seeded by filter.seed): the weights to match at
+        at = model if step == 0 else train_copy(model, tokenizer, task.pool, task.template, PATH_RECIPE, cfg.path_lr,
+                                                cfg.seed, progress, stop_after=step)[0]
+        reference = sketch(fine_tuning_gradient(at, tokenizer, task.pool, task.template))
+        terms.append(gram_terms(example_sketches(at, tokenizer, examples, task.template, sketch, progress), reference))
+        del at
+    gram = terms[0] if len(terms) == 1 else path_gram_terms(terms)
+    kept, info = choose_from_gram(*gram, [r["label"] for r in rows], m)
+    if len(terms) > 1:
+        info["path_steps"] = list(cfg.path_steps)
     kept = sorted(kept)
     return [[rows[i] for i in kept if rows[i]["label"] == c] for c in range(len(by_class))], info
 

@@ -163,8 +163,9 @@ class Bf16Compute:
 
 
 def train_copy(base_model, tokenizer, train: list[Example], template: Template, cfg: FinetuneConfig, lr: float,
-               seed: int, progress: bool = True, on_step=None):
+               seed: int, progress: bool = True, on_step=None, stop_after: int | None = None):
     """Fine-tune a fresh copy of base_model; return (model in eval mode, per-step training losses).
+    stop_after: stop after that many of cfg.steps steps (the schedule stays cfg.steps long): the model partway.
 
     A bf16 base model is trained in mixed precision (fp32 master weights, steps on a bf16 copy: Bf16Compute;
     autocast under LoRA); the returned copy is fp32.
@@ -189,7 +190,7 @@ def train_copy(base_model, tokenizer, train: list[Example], template: Template, 
     model.train()
     if compute is not None:
         compute.model.train()
-    bar = tqdm(batch_order(len(train), cfg.steps, cfg.batch_size, seed), desc=f"fine-tune lr={lr:g}",
+    bar = tqdm(batch_order(len(train), cfg.steps, cfg.batch_size, seed)[:stop_after], desc=f"fine-tune lr={lr:g}",
                disable=not progress, leave=False)
     for batch in bar:
         opt.zero_grad(set_to_none=True)

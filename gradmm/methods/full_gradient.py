@@ -79,14 +79,32 @@ def set_distance(K: torch.Tensor, b: torch.Tensor, ref_sq: float, kept: list[int
     return 1 - float(b[idx].sum() / (K[idx][:, idx].sum() * ref_sq).sqrt())
 
 
+def gram_terms(sketches: torch.Tensor, reference: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """(K, b, ‖reference‖²) in float64: the Gram matrix of the sketches and their products with the reference."""
+    G, ref = sketches.double(), reference.double()
+    return G @ G.T, G @ ref, float(ref @ ref)
+
+
+def path_gram_terms(terms: list[tuple[torch.Tensor, torch.Tensor, float]]) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """The Gram terms of the gradients at several checkpoints joined end to end, each checkpoint scaled by 1/‖its
+    reference‖ so that every checkpoint counts as much (later in fine-tuning the gradients are smaller)."""
+    K = sum(k / r for k, _, r in terms)
+    b = sum(v / r for _, v, r in terms)
+    return K, b, float(len(terms))
+
+
 def choose_matching_set(sketches: torch.Tensor, labels: list[int], reference: torch.Tensor, n_per_class: int,
                         max_exchanges: int = 500) -> tuple[list[int], dict]:
     """Indices of n_per_class rows per class (every class with at least that many) whose mean gradient is closest
     in cosine to `reference`. Start: per class, the rows with the best cosine of their own; then the best
     exchange of a kept row for an unkept row of the same class while it lowers the distance.
     Returns (kept indices, {"start_distance", "distance", "exchanges"})."""
-    G, ref = sketches.double(), reference.double()
-    K, b, ref_sq = G @ G.T, G @ ref, float(ref @ ref)
+    return choose_from_gram(*gram_terms(sketches, reference), labels, n_per_class, max_exchanges)
+
+
+def choose_from_gram(K: torch.Tensor, b: torch.Tensor, ref_sq: float, labels: list[int], n_per_class: int,
+                     max_exchanges: int = 500) -> tuple[list[int], dict]:
+    """choose_matching_set from the Gram terms (gram_terms, or path_gram_terms for several checkpoints)."""
     own = b / (K.diagonal().clamp_min(1e-30) * ref_sq).sqrt()
     classes = sorted(set(labels))
     by_class = {c: [i for i, y in enumerate(labels) if y == c] for c in classes}

@@ -65,6 +65,7 @@ BASELINES = {m.name: m for m in (
     # over every weight matches the pool's (gradmm.methods.full_gradient), from the two rows above' LM draws
     Method("gradmm_select_full", "lm_text", baselines.gradmm_select_full),
     Method("gradmm_select_full_few_shot", "lm_text", baselines.gradmm_select_full_few_shot),
+    Method("gradmm_select_path", "lm_text", baselines.gradmm_select_path),  # matched along the pool's fine-tuning
     Method("full_real", "real", baselines.full_real),
 )}
 
