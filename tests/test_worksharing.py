@@ -150,3 +150,11 @@ def test_two_processes_of_one_study_cell_share_its_generation(tmp_path):
     assert len({pid for pid, _ in calls}) == 2  # both processes generated
     assert sorted(p.name for p in (tmp_path / "cell").glob("result-*.json")) == ["result-n2-g0-s0.json",
                                                                                 "result-n2-g0-s1.json"]
+
+
+def test_a_cells_runs_start_with_each_sets_first_run():
+    from gradmm.experiments.variants import run_order
+
+    runs = run_order([20], [0, 1, 2], [0, 1])
+    assert runs[:3] == [(20, 0, 0), (20, 1, 0), (20, 2, 0)]  # two workers start on two different sets
+    assert sorted(runs) == [(20, g, s) for g in range(3) for s in range(2)]

@@ -102,6 +102,13 @@ def cell_experiment_keys(exp_cfg) -> dict:
     return {k: v for k, v in as_dict(exp_cfg).items() if k in ("llm_shots", "coreset_features")}
 
 
+def run_order(budgets: list[int], generation_seeds: list[int], seeds: list[int]) -> list[tuple[int, int, int]]:
+    """A cell's runs (n, generation seed, fine-tuning seed), each generated set's first run first: processes that
+    share the cell then build different sets at the start instead of waiting for the one being built."""
+    runs = [(n, g, s) for n in budgets for g in generation_seeds for s in seeds]
+    return sorted(runs, key=lambda run: run[2] != seeds[0])
+
+
 def run_cell(task, method: str, cfg: StudyConfig, params_file: str, model_cfg, finetune_cfg, filter_cfg,
              exp_cfg, out: Path, overrides: list[str] = (), progress: bool = True, engine: Engine = LOCAL) -> list[dict]:
     """Run (or resume) one dataset × method cell; returns every result of the cell. `engine`: where the
@@ -128,8 +135,8 @@ def run_cell(task, method: str, cfg: StudyConfig, params_file: str, model_cfg, f
     with claimed_run_dir(out, params, archive_stale=True):  # held until every run of the cell is done
         model, tok = load_model(model_cfg.name, model_cfg.device, model_cfg.dtype)
         per_seed_sets = registry.get(method).per_seed_set
-        runs = [(n, g, s) for n in cfg.n_per_class for g in cfg.generation_seeds
-                for s in (cfg.seeds[:1] if method == "zero_shot" else cfg.seeds)]  # zero-shot is deterministic: one run
+        runs = run_order(cfg.n_per_class, cfg.generation_seeds,
+                         cfg.seeds[:1] if method == "zero_shot" else cfg.seeds)  # zero-shot is deterministic: one run
 
         def result_path(run):
             n, g, s = run
