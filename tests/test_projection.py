@@ -175,3 +175,27 @@ def test_proximal_order_moves_from_the_lm_choice_to_the_nearest_token_as_rho_gro
     naive, _ = project_to_tokens_naive(model, E, prefix, allowed, 20, "proximal", progress=False, rho=3.0)
     cached, _ = project_to_tokens(model, E, prefix, allowed, 20, "proximal", progress=False, rho=3.0)
     assert torch.equal(naive, cached)
+
+
+def test_teacher_ids_fix_the_context_of_each_choice(tiny3):
+    from gradmm.core.perplexity import context_ids
+
+    model, tok, allowed = tiny3
+    E, prefix, fp, fs = random_setup(tok)
+    kw = dict(fixed_prefix_ids=fp, fixed_suffix_ids=fs, progress=False)
+    ids, _ = project_to_tokens(model, E, prefix, allowed, 5, **kw)
+    free = slice(len(fp), E.shape[1] - len(fs))
+    own, _ = project_to_tokens(model, E, prefix, allowed, 5, teacher_ids=ids[:, free], **kw)
+    assert torch.equal(own, ids)  # fed its own choices, the decoding is unchanged
+    teacher = torch.flip(ids[:, free], [1])
+    forced, _ = project_to_tokens(model, E, prefix, allowed, 5, teacher_ids=teacher, **kw)
+    # each choice is the most probable of position j's 5 nearest tokens after the context and the teacher's tokens
+    knn = nearest_tokens(E[:, free], input_embeddings(model), allowed, 5)
+    ctx = context_ids(model, prefix, torch.tensor(fp), E.device)
+    with torch.no_grad():
+        logits = model(input_ids=torch.cat([ctx.expand(E.shape[0], -1), teacher], 1)).logits
+    for j in range(teacher.shape[1]):
+        next_logits = logits[:, ctx.numel() - 1 + j]
+        expected = knn[:, j].gather(1, next_logits.gather(1, knn[:, j]).argmax(-1, keepdim=True))[:, 0]
+        assert torch.equal(forced[:, len(fp) + j], expected)
+    assert not torch.equal(forced, ids)  # and the context mattered

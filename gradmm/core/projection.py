@@ -161,13 +161,15 @@ def _assemble(fp, free, fs, nlls, n_scored):
 
 @torch.no_grad()
 def project_to_tokens(model, E, prefix_ids, allowed, k, order="nearest_then_probable", fixed_suffix_ids=None,
-                      fixed_prefix_ids=None, progress=True, rho=0.0, emb=None):
+                      fixed_prefix_ids=None, progress=True, rho=0.0, emb=None, teacher_ids=None):
     """Decode E's free positions to tokens, left to right with a KV cache.
 
     Returns (ids LongTensor[B, L] with the fixed tokens in place, logppl FloatTensor[B]): the mean natural-log
     NLL of the free tokens given decoding prefix + fixed prefix + the free tokens before them.
     `rho`: the ADMM penalty, used by order="proximal" only. `emb`: input_embeddings(model) if already at hand
-    (for a scaled embedding it is computed, not just read).
+    (for a scaled embedding it is computed, not just read). `teacher_ids` (B, n_free): feed these tokens as the
+    context instead of the chosen ones, so each position's choice is made after the same context (for comparing
+    two models' choices position by position); the chosen tokens are returned as usual.
     """
     emb = input_embeddings(model) if emb is None else emb  # as fed to the first layer: the space E lives in
     device = emb.device
@@ -190,7 +192,8 @@ def project_to_tokens(model, E, prefix_ids, allowed, k, order="nearest_then_prob
             nlls.append(nll)
         free.append(tok)
         if j + 1 < n_free:  # feed the chosen tokens as the next single-token step of every row
-            out = model(input_ids=tok[:, None], past_key_values=cache, use_cache=True)
+            fed = tok if teacher_ids is None else teacher_ids[:, j].to(device)
+            out = model(input_ids=fed[:, None], past_key_values=cache, use_cache=True)
             cache, logits = out.past_key_values, out.logits[:, -1]
     return _assemble(fp, torch.stack(free, 1), fs, nlls, len(nlls))
 
