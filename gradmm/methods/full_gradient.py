@@ -32,13 +32,15 @@ class GradientSketch:
         self.k = k
         self.params = [p for p in model.parameters()]
         self.signs = [(torch.randint(0, 2, (p.numel(),), generator=gen, dtype=torch.int8) * 2 - 1) for p in self.params]
+        # one zero-padded buffer per weight, reused by every call: fresh 100 MB tensors per text cost more in page
+        # faults than the arithmetic
+        self.buffers = [torch.zeros(p.numel() + (-p.numel()) % k) for p in self.params]
 
     def __call__(self, grads: list[torch.Tensor]) -> torch.Tensor:
         out = torch.zeros(self.k)
-        for g, s in zip(grads, self.signs):
-            flat = g.detach().reshape(-1).float().cpu() * s
-            pad = (-flat.numel()) % self.k
-            out += torch.nn.functional.pad(flat, (0, pad)).view(-1, self.k).sum(0)
+        for g, s, buf in zip(grads, self.signs, self.buffers):
+            torch.mul(g.detach().reshape(-1).float().cpu(), s, out=buf[:s.numel()])
+            out += buf.view(-1, self.k).sum(0)
         return out
 
 
@@ -67,9 +69,22 @@ def fine_tuning_gradient(model, tokenizer, examples: list[Example], template: Te
 
 def example_sketches(model, tokenizer, examples: list[Example], template: Template, sketch: GradientSketch,
                      progress: bool = True) -> torch.Tensor:
-    """(N, k): the sketch of each example's own fine-tuning gradient."""
-    rows = [sketch(fine_tuning_gradient(model, tokenizer, [ex], template))
-            for ex in tqdm(examples, desc="per-text gradients", disable=not progress, leave=False)]
+    """(N, k): the sketch of each example's own fine-tuning gradient (as fine_tuning_gradient gives it, sketched
+    straight from the weights' .grad, which is zeroed and reused rather than copied and reallocated per text)."""
+    label_ids = first_label_ids(tokenizer, template)
+    was = [p.requires_grad for p in model.parameters()]
+    model.requires_grad_(True)
+    model.zero_grad(set_to_none=True)
+    rows = []
+    for ex in tqdm(examples, desc="per-text gradients", disable=not progress, leave=False):
+        for p in model.parameters():
+            if p.grad is not None:
+                p.grad.zero_()
+        classification_loss(model, tokenizer, [ex], template, label_ids).backward()
+        rows.append(sketch([p.grad for p in model.parameters()]))
+    model.zero_grad(set_to_none=True)
+    for p, w in zip(model.parameters(), was):
+        p.requires_grad_(w)
     return torch.stack(rows) if rows else torch.zeros(0, sketch.k)
 
 
