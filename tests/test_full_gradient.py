@@ -147,3 +147,16 @@ def test_set_gradient_path_matches_at_the_pools_checkpoints(tiny, toy_task):
                        (dict(path_steps=[5, 5]), "distinct"), (dict(path_lr=0.0), "path_lr must be > 0")):
         with pytest.raises(ValueError, match=match):
             filtering.check_config(replace(base, rank="set_gradient_path", **bad))
+
+
+def test_gradmm_select_path_chooses_among_the_same_draws_along_the_pools_fine_tuning(tiny, toy_task):
+    model, tok = tiny
+    exp = ExperimentConfig(llm_raw_per_class=4, n_per_class=2)
+    filt = FilterConfig(n_per_class=2, label_filter=False, path_steps=[0, 3])
+    chosen, info = make_trainset("gradmm_select_path", model, tok, toy_task, exp, seed=0, filter_cfg=filt,
+                                 progress=False)
+    _, full_info = make_trainset("gradmm_select_full", model, tok, toy_task, exp, seed=0, filter_cfg=filt,
+                                 progress=False)
+    assert [r["text"] for r in info["raw"]] == [r["text"] for r in full_info["raw"]]  # the same LM draws
+    assert len(chosen) == 4 and info["filter"]["set_gradient"]["path_steps"] == [0, 3]
+    assert "path_steps" not in full_info["filter"]["set_gradient"]
