@@ -43,8 +43,8 @@ CLASSIFIERS = ("lm", "pool_logreg", "both")
 RANKS = ("score", "none", "set_gradient", "set_gradient_path")
 SET_RANKS = ("set_gradient", "set_gradient_path")
 # The pool fine-tuning whose checkpoints set_gradient_path matches at: the studies' recipe (20 steps of 8, linear
-# decay), its LR from filter.path_lr
-PATH_RECIPE = FinetuneConfig(learning_rates=[5e-5])
+# decay; train_copy takes its LR from filter.path_lr)
+PATH_RECIPE = FinetuneConfig()
 
 
 def check_config(cfg: FilterConfig) -> None:

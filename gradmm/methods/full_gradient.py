@@ -13,6 +13,8 @@ so a set's cosine to the reference is computed from the candidates' sketches alo
 sketches), as gradmm.core.admm.select_rows does for the head gradient.
 """
 
+import contextlib
+
 import torch
 from tqdm.auto import tqdm
 
@@ -44,20 +46,29 @@ class GradientSketch:
         return out
 
 
-def loss_gradient(model, examples: list[Example], batch_loss) -> list[torch.Tensor]:
-    """The gradient of the mean of `batch_loss(batch)` over `examples` (taken GRADIENT_BATCH at a time) w.r.t. every
-    weight, one tensor per parameter; the weights' requires_grad flags are left as they were."""
+@contextlib.contextmanager
+def weight_gradients(model):
+    """Every weight requires grad, with no .grad held, inside the block; afterwards .grad is dropped and the
+    requires_grad flags are as they were."""
     was = [p.requires_grad for p in model.parameters()]
     model.requires_grad_(True)
     model.zero_grad(set_to_none=True)
-    for start in range(0, len(examples), GRADIENT_BATCH):
-        batch = examples[start:start + GRADIENT_BATCH]
-        (batch_loss(batch) * len(batch) / len(examples)).backward()
-    grads = [p.grad.detach().clone() for p in model.parameters()]
-    model.zero_grad(set_to_none=True)
-    for p, w in zip(model.parameters(), was):
-        p.requires_grad_(w)
-    return grads
+    try:
+        yield
+    finally:
+        model.zero_grad(set_to_none=True)
+        for p, w in zip(model.parameters(), was):
+            p.requires_grad_(w)
+
+
+def loss_gradient(model, examples: list[Example], batch_loss) -> list[torch.Tensor]:
+    """The gradient of the mean of `batch_loss(batch)` over `examples` (taken GRADIENT_BATCH at a time) w.r.t. every
+    weight, one tensor per parameter; the weights' requires_grad flags are left as they were."""
+    with weight_gradients(model):
+        for start in range(0, len(examples), GRADIENT_BATCH):
+            batch = examples[start:start + GRADIENT_BATCH]
+            (batch_loss(batch) * len(batch) / len(examples)).backward()
+        return [p.grad.detach().clone() for p in model.parameters()]
 
 
 def fine_tuning_gradient(model, tokenizer, examples: list[Example], template: Template) -> list[torch.Tensor]:
@@ -72,19 +83,14 @@ def example_sketches(model, tokenizer, examples: list[Example], template: Templa
     """(N, k): the sketch of each example's own fine-tuning gradient (as fine_tuning_gradient gives it, sketched
     straight from the weights' .grad, which is zeroed and reused rather than copied and reallocated per text)."""
     label_ids = first_label_ids(tokenizer, template)
-    was = [p.requires_grad for p in model.parameters()]
-    model.requires_grad_(True)
-    model.zero_grad(set_to_none=True)
     rows = []
-    for ex in tqdm(examples, desc="per-text gradients", disable=not progress, leave=False):
-        for p in model.parameters():
-            if p.grad is not None:
-                p.grad.zero_()
-        classification_loss(model, tokenizer, [ex], template, label_ids).backward()
-        rows.append(sketch([p.grad for p in model.parameters()]))
-    model.zero_grad(set_to_none=True)
-    for p, w in zip(model.parameters(), was):
-        p.requires_grad_(w)
+    with weight_gradients(model):
+        for ex in tqdm(examples, desc="per-text gradients", disable=not progress, leave=False):
+            for p in model.parameters():
+                if p.grad is not None:
+                    p.grad.zero_()
+            classification_loss(model, tokenizer, [ex], template, label_ids).backward()
+            rows.append(sketch([p.grad for p in model.parameters()]))
     return torch.stack(rows) if rows else torch.zeros(0, sketch.k)
 
 
