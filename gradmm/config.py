@@ -172,6 +172,10 @@ class ExperimentConfig:
     baselines: list[str] = field(default_factory=lambda: ["zero_shot", "random_real", "llm_zero_shot_gen"])
     methods: list[str] = field(default_factory=lambda: ["zero_shot", "random_real", "llm_zero_shot_gen", "gradmm"])
     llm_raw_per_class: int = 20  # LM samples per class before the filter (as many as GRADMM's raw texts)
+    # 0: one draw. Otherwise a class with fewer texts past the label check gets further draws of llm_raw_per_class,
+    # up to llm_max_raw_per_class raw texts
+    llm_consistent_per_class: int = 0
+    llm_max_raw_per_class: int = 0
     llm_shots: int = 4  # real demonstrations per class in llm_few_shot_gen's instruction
     coreset_features: str = "minilm"  # minilm | lm (the LM's own last hidden state)
 
@@ -260,6 +264,8 @@ BOUNDS = {
     "filter.seed": (0, None),
     "experiment.seeds": (0, None),
     "experiment.llm_raw_per_class": (1, None),
+    "experiment.llm_consistent_per_class": (0, None),
+    "experiment.llm_max_raw_per_class": (0, None),
     "experiment.llm_shots": (0, None),
     "study.generation_seeds": (0, None),
     "study.seeds": (0, None),

@@ -85,7 +85,7 @@ OUT_OF_RANGE = {
     "finetune.learning_rates": [0], "finetune.steps": 0, "finetune.batch_size": 0, "finetune.weight_decay": -1,
     "finetune.max_grad_norm": -1, "finetune.eval_batch_size": 0, "finetune.lora_r": 0, "finetune.lora_alpha": 0,
     "experiment.seeds": [-1], "experiment.n_per_class": [0], "experiment.llm_raw_per_class": 0,
-    "experiment.llm_shots": -1,
+    "experiment.llm_shots": -1, "experiment.llm_consistent_per_class": -1, "experiment.llm_max_raw_per_class": -1,
     "study.n_per_class": [0], "study.raw_per_class": 0, "study.generation_seeds": [-1], "study.seeds": [-1],
     "study.diagnostics_sets": 0,
     "privacy.n_per_class": 0, "privacy.attack_lr": 0, "privacy.attack_seed": -1, "privacy.members": 0,

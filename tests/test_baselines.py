@@ -191,3 +191,31 @@ def test_clean_generation():
     assert clean_generation("I cannot recommend this film.") == "I cannot recommend this film."
     assert clean_generation("The **Die Hard** sequel rocks.") == "The Die Hard sequel rocks."
     assert clean_generation("Write a new short movie review with negative sentiment\nA bore.") == "A bore."
+
+
+def test_llm_text_top_up_draws_more_of_the_class_the_label_check_leaves_short(tiny, toy_task):
+    from gradmm.config import ExperimentConfig, FilterConfig
+    from gradmm.methods.trainsets import check_experiment, make_trainset
+
+    model, tok = tiny
+    filt = FilterConfig(n_per_class=2, label_shots=0)
+    plain_exp = ExperimentConfig(llm_raw_per_class=4, n_per_class=2)
+    _, plain = make_trainset("llm_zero_shot_gen", model, tok, toy_task, plain_exp, seed=0, filter_cfg=filt,
+                             progress=False)
+    passed = plain["filter"]["label_consistent"]
+    assert min(passed) < 4 <= max(passed)  # the random LM's label check passes one class and not the other
+    exp = ExperimentConfig(llm_raw_per_class=4, n_per_class=2, llm_consistent_per_class=4, llm_max_raw_per_class=12)
+    _, topped = make_trainset("llm_zero_shot_gen", model, tok, toy_task, exp, seed=0, filter_cfg=filt, progress=False)
+    first = [r for r in topped["raw"] if "draw" not in r]
+    assert [r["text"] for r in first] == [r["text"] for r in plain["raw"]]  # the first draw is unchanged
+    for c in range(2):
+        extra = [r for r in topped["raw"] if r.get("draw") and r["label"] == c]
+        if passed[c] >= 4:
+            assert not extra  # enough passed: no further draw
+        else:
+            assert 0 < len(extra) <= 8 and {r["draw"] for r in extra} <= {1, 2}
+    assert topped["filter"]["raw"][passed.index(min(passed))] > 4
+    _, again = make_trainset("llm_zero_shot_gen", model, tok, toy_task, exp, seed=0, filter_cfg=filt, progress=False)
+    assert [r["text"] for r in again["raw"]] == [r["text"] for r in topped["raw"]]  # deterministic
+    with pytest.raises(ValueError, match=r"llm_max_raw_per_class \(6\).*at least 8"):
+        check_experiment(ExperimentConfig(llm_raw_per_class=4, llm_consistent_per_class=4, llm_max_raw_per_class=6))

@@ -20,6 +20,7 @@ reports/tables/variants.md and reports/figures/variants.png.
 import json
 import logging
 import random
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -48,7 +49,7 @@ from gradmm.methods import registry
 from gradmm.methods.filtering import check_config as check_filter
 from gradmm.methods.generate import build_targets, check_dp, generate, matching_task, task_fingerprint
 from gradmm.methods.registry import variant_overrides
-from gradmm.methods.trainsets import evaluate_method, make_trainset
+from gradmm.methods.trainsets import check_llm_draws, evaluate_method, make_trainset
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +100,8 @@ def method_overrides(method: str, cfg: StudyConfig, generation_seed: int, params
 def cell_experiment_keys(exp_cfg) -> dict:
     """The experiment params a cell's files depend on; the classification job's own lists (datasets, methods,
     generators, its n and seeds) are not among them, so editing those does not archive the study."""
-    return {k: v for k, v in as_dict(exp_cfg).items() if k in ("llm_shots", "coreset_features")}
+    return {k: v for k, v in as_dict(exp_cfg).items() if k in ("llm_shots", "coreset_features",
+                                                                   "llm_consistent_per_class", "llm_max_raw_per_class")}
 
 
 def run_order(budgets: list[int], generation_seeds: list[int], seeds: list[int]) -> list[tuple[int, int, int]]:
@@ -127,6 +129,8 @@ def run_cell(task, method: str, cfg: StudyConfig, params_file: str, model_cfg, f
             check_config(gens[g][0])
             check_dp(gens[g][1])
             check_filter(gens[g][2])
+    else:
+        check_llm_draws(replace(exp_cfg, llm_raw_per_class=cfg.raw_per_class))
     # What a cell's files depend on: more budgets, seeds, datasets or methods extend a study, they don't redo it.
     study_keys = {k: v for k, v in as_dict(cfg).items() if k in ("raw_per_class", "generate", "finetune", "diagnostics_sets")}
     params = {"task": task_fingerprint(task), "method": method, "study": study_keys, "model": as_dict(model_cfg),

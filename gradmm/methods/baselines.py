@@ -10,8 +10,9 @@ from dataclasses import dataclass, replace
 from gradmm.config import ExperimentConfig, FilterConfig
 from gradmm.core.data import Task
 from gradmm.methods.features import lm_features
-from gradmm.methods.filtering import filter_rows, score_rows
-from gradmm.methods.llm_text import generate_llm_dataset
+from gradmm.methods.filtering import checked_rows, filter_rows, score_rows
+from gradmm.methods.llm_text import generate_llm_dataset, generate_llm_texts
+from gradmm.methods.prompts import class_demos
 from gradmm.methods.selection import select_coreset, select_random
 
 
@@ -62,15 +63,46 @@ def full_real(req: SetRequest) -> tuple[list[dict], dict]:
 
 
 def _llm_text(req: SetRequest, shots: int, rank: str | None = None) -> tuple[list[dict], dict]:
-    """LM samples under the label instruction (as many as GRADMM's raw texts), through GRADMM's filter (ranking
-    with `rank` instead of filter.rank where given)."""
+    """LM samples under the label instruction (as many as GRADMM's raw texts, topped up for the classes the label
+    check leaves short where experiment.llm_consistent_per_class says so), through GRADMM's filter (ranking with
+    `rank` instead of filter.rank where given)."""
     model, tok, task = req.model, req.tokenizer, req.task
+    cfg = req.filter if rank is None else replace(req.filter or FilterConfig(), rank=rank)
     raw = generate_llm_dataset(model, tok, task, req.experiment.llm_raw_per_class, req.seed, shots=shots,
                                progress=req.progress)
-    scored = score_rows(model, tok, task, [{"text": ex.text, "label": ex.label, "seed": req.seed} for ex in raw])
-    cfg = req.filter if rank is None else replace(req.filter or FilterConfig(), rank=rank)
+    rows = [{"text": ex.text, "label": ex.label, "seed": req.seed} for ex in raw]
+    if req.experiment.llm_consistent_per_class:
+        rows = _top_up(req, cfg or FilterConfig(), shots, rows)
+    scored = score_rows(model, tok, task, rows)
     kept, stats = filter_rows(model, tok, task, scored, cfg, progress=req.progress)
     return kept, {"filter": stats, "raw": scored}  # every sample, kept or not, for inspection
+
+
+def _top_up(req: SetRequest, cfg: FilterConfig, shots: int, rows: list[dict]) -> list[dict]:
+    """`rows` and further LM draws (llm_raw_per_class texts each, independent of the first) of every class with fewer
+    than experiment.llm_consistent_per_class texts past the label check, until it has that many or
+    llm_max_raw_per_class raw texts. The LM writes some classes far less reliably than others (SmolLM2 passes 30 %
+    of its rtpolarity negatives against 80 % of its positives), which otherwise leaves the short class's set smaller
+    and unchosen."""
+    exp, task = req.experiment, req.task
+    passed = [0] * task.n_classes
+    new = rows
+    for draw in range(1, exp.llm_max_raw_per_class // exp.llm_raw_per_class):
+        for r in checked_rows(req.model, req.tokenizer, task, new, cfg, progress=False)[0]:
+            passed[r["label"]] += 1
+        short = [c for c in range(task.n_classes) if passed[c] < exp.llm_consistent_per_class]
+        if not short:
+            break
+        new = []
+        for c in short:
+            demos = class_demos(task, c, shots, f"fewshot-{req.seed}-{c}") if shots else ()
+            texts = generate_llm_texts(req.model, req.tokenizer, task, c, exp.llm_raw_per_class, req.seed,
+                                       demos=demos, draw=draw, progress=req.progress)
+            new += [{"text": t, "label": c, "seed": req.seed, "draw": draw} for t in texts]
+        seen = {(r["text"], r["label"]) for r in rows}
+        new = [r for r in new if (r["text"], r["label"]) not in seen]
+        rows = rows + new
+    return rows
 
 
 def llm_zero_shot_gen(req: SetRequest) -> tuple[list[dict], dict]:

@@ -90,28 +90,10 @@ def filter_rows(model, tokenizer, task: Task, rows: list[dict], cfg: FilterConfi
     """Apply the filter to raw rows (dicts with text, label, and for rank=score match_loss/log_perplexity)."""
     check_config(cfg)
     first_label_ids(tokenizer, task.template)  # one token per label word: the ranking's match loss needs it
-    template = label_template(task, cfg) if cfg.label_filter else None  # fails before any scoring
-    stats = {"raw": _counts(rows, task.n_classes)}
-    keep = set(deduplicate([Example(r["text"], r["label"]) for r in rows]))
-    rows = [r for r in rows if Example(r["text"], r["label"]) in keep and len(r["text"].split()) >= 2]
-    rows = list({(r["text"], r["label"]): r for r in rows}.values())  # first copy of exact repeats
-    stats["deduplicated"] = _counts(rows, task.n_classes)
-    if cfg.label_filter and cfg.classifier != "lm" and private:
-        raise ValueError(f"filter.classifier={cfg.classifier!r} is trained on the private pool: use 'lm' in DP runs")
     if cfg.rank in SET_RANKS and private:
         raise ValueError(f"filter.rank={cfg.rank!r} matches the private pool's gradient without noise: use 'score' "
                          "in DP runs")
-    if cfg.label_filter and rows and cfg.classifier in ("lm", "both"):
-        shots = 0 if private else cfg.label_shots
-        demos = sample_demos(task.pool, shots, task.n_classes, cfg.seed)
-        preds = predict(model, tokenizer, [r["text"] for r in rows], template, demos,
-                        progress=progress, desc="label filter")
-        rows = [r for r, p in zip(rows, preds.tolist()) if p == r["label"]]
-        stats["label_consistent"] = _counts(rows, task.n_classes)
-    if cfg.label_filter and rows and cfg.classifier in ("pool_logreg", "both"):
-        preds, stats["classifier_dev_accuracy"] = pool_classifier_predictions(task, [r["text"] for r in rows])
-        rows = [r for r, p in zip(rows, preds) if p == r["label"]]
-        stats["classifier_consistent"] = _counts(rows, task.n_classes)
+    rows, stats = checked_rows(model, tokenizer, task, rows, cfg, private, progress)
     by_class = [[r for r in rows if r["label"] == c] for c in range(task.n_classes)]
     if cfg.rank == "score":
         by_class = [sorted(rs, key=lambda r: r["match_loss"] + cfg.alpha * r["log_perplexity"]) for rs in by_class]
@@ -132,6 +114,31 @@ def filter_rows(model, tokenizer, task: Task, rows: list[dict], cfg: FilterConfi
                     cfg.n_per_class, f"; no text of {none_passed} passed" if none_passed else "",
                     " — the training set is EMPTY: its method gets no accuracy" if not kept else "")
     return kept, stats
+
+
+def checked_rows(model, tokenizer, task: Task, rows: list[dict], cfg: FilterConfig, private: bool = False,
+                 progress: bool = True) -> tuple[list[dict], dict]:
+    """Steps 1 and 2: the rows left after clean-up, de-duplication and the label check, and their counts."""
+    template = label_template(task, cfg) if cfg.label_filter else None  # fails before any scoring
+    stats = {"raw": _counts(rows, task.n_classes)}
+    keep = set(deduplicate([Example(r["text"], r["label"]) for r in rows]))
+    rows = [r for r in rows if Example(r["text"], r["label"]) in keep and len(r["text"].split()) >= 2]
+    rows = list({(r["text"], r["label"]): r for r in rows}.values())  # first copy of exact repeats
+    stats["deduplicated"] = _counts(rows, task.n_classes)
+    if cfg.label_filter and cfg.classifier != "lm" and private:
+        raise ValueError(f"filter.classifier={cfg.classifier!r} is trained on the private pool: use 'lm' in DP runs")
+    if cfg.label_filter and rows and cfg.classifier in ("lm", "both"):
+        shots = 0 if private else cfg.label_shots
+        demos = sample_demos(task.pool, shots, task.n_classes, cfg.seed)
+        preds = predict(model, tokenizer, [r["text"] for r in rows], template, demos,
+                        progress=progress, desc="label filter")
+        rows = [r for r, p in zip(rows, preds.tolist()) if p == r["label"]]
+        stats["label_consistent"] = _counts(rows, task.n_classes)
+    if cfg.label_filter and rows and cfg.classifier in ("pool_logreg", "both"):
+        preds, stats["classifier_dev_accuracy"] = pool_classifier_predictions(task, [r["text"] for r in rows])
+        rows = [r for r, p in zip(rows, preds) if p == r["label"]]
+        stats["classifier_consistent"] = _counts(rows, task.n_classes)
+    return rows, stats
 
 
 def matching_set(model, tokenizer, task: Task, by_class: list[list[dict]], cfg: FilterConfig,

@@ -12,10 +12,11 @@ from gradmm.methods.prompts import class_demos, clean_generation, instruction, i
 @torch.no_grad()
 def generate_llm_texts(model, tokenizer, task, label: int, n: int, seed: int, demos: list[Example] = (),
                        temperature: float = 1.0, max_new_tokens: int = 40, batch_size: int = 8,
-                       max_rounds: int | None = None, progress: bool = True) -> list[str]:
+                       max_rounds: int | None = None, draw: int = 0, progress: bool = True) -> list[str]:
     """n cleaned texts of class `label`, sampled from the LM (plain ancestral sampling at `temperature`,
     no top-k/top-p) under the class instruction; the same (seed, label) gives the same texts, and the global
-    RNG is left untouched.
+    RNG is left untouched. `draw` > 0 samples another, independent draw of the same class (a top-up: draw 0's texts
+    stay what they were).
 
     Empty or unusable samples are dropped and more are drawn, up to max_rounds batches (default
     4·ceil(n / batch_size) + 2); raises RuntimeError if that still yields fewer than n texts.
@@ -32,7 +33,8 @@ def generate_llm_texts(model, tokenizer, task, label: int, n: int, seed: int, de
     eos = tokenizer.eos_token_id
     texts: list[str] = []
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed * 1_000_003 + label)  # per class: the same seed must not reuse the other class's draws
+        # per class: the same seed must not reuse the other class's draws; a top-up draw starts far from every seed's
+        torch.manual_seed(seed * 1_000_003 + label + draw * 7_919_000_017)
         bar = tqdm(total=n, desc=f"LM generation {task.class_names[label]}", disable=not progress, leave=False)
         for _ in range(rounds):
             b = min(batch_size, 2 * (n - len(texts)))  # a few spares for the samples cleaning drops

@@ -26,8 +26,17 @@ def check_experiment(cfg: ExperimentConfig) -> None:
         check_method(m)
     if not budgets(cfg) or min(budgets(cfg)) < 1:
         raise ValueError(f"experiment.n_per_class must list budgets ≥ 1, got {cfg.n_per_class}")
+    check_llm_draws(cfg)
     if cfg.coreset_features not in ("minilm", "lm"):
         raise ValueError(f"experiment.coreset_features {cfg.coreset_features!r}: use 'minilm' or 'lm'")
+
+
+def check_llm_draws(cfg: ExperimentConfig) -> None:
+    """The LM-text top-up needs room for at least one further draw."""
+    if cfg.llm_consistent_per_class and cfg.llm_max_raw_per_class < 2 * cfg.llm_raw_per_class:
+        raise ValueError(f"experiment.llm_max_raw_per_class ({cfg.llm_max_raw_per_class}) leaves no room for a further "
+                         f"draw of llm_raw_per_class={cfg.llm_raw_per_class} texts: set it to at least "
+                         f"{2 * cfg.llm_raw_per_class}, or llm_consistent_per_class to 0")
 
 
 def budgets(cfg: ExperimentConfig) -> list[int]:
