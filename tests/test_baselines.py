@@ -194,6 +194,8 @@ def test_clean_generation():
 
 
 def test_llm_text_top_up_draws_more_of_the_class_the_label_check_leaves_short(tiny, toy_task):
+    from dataclasses import replace
+
     from gradmm.config import ExperimentConfig, FilterConfig
     from gradmm.methods.trainsets import check_experiment, make_trainset
 
@@ -217,5 +219,12 @@ def test_llm_text_top_up_draws_more_of_the_class_the_label_check_leaves_short(ti
     assert topped["filter"]["raw"][passed.index(min(passed))] > 4
     _, again = make_trainset("llm_zero_shot_gen", model, tok, toy_task, exp, seed=0, filter_cfg=filt, progress=False)
     assert [r["text"] for r in again["raw"]] == [r["text"] for r in topped["raw"]]  # deterministic
+    # few-shot: the same demonstrations in every draw, the first draw unchanged
+    _, few = make_trainset("llm_few_shot_gen", model, tok, toy_task, replace(plain_exp, llm_shots=1), seed=0,
+                           filter_cfg=filt, progress=False)
+    _, few_topped = make_trainset("llm_few_shot_gen", model, tok, toy_task, replace(exp, llm_shots=1), seed=0,
+                                  filter_cfg=filt, progress=False)
+    assert [r["text"] for r in few_topped["raw"] if "draw" not in r] == [r["text"] for r in few["raw"]]
+    assert len(few_topped["raw"]) > len(few["raw"])
     with pytest.raises(ValueError, match=r"llm_max_raw_per_class \(6\).*at least 8"):
         check_experiment(ExperimentConfig(llm_raw_per_class=4, llm_consistent_per_class=4, llm_max_raw_per_class=6))

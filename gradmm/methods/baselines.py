@@ -6,13 +6,14 @@ facts about how it was made. The registry (gradmm.methods.registry) names which 
 """
 
 from dataclasses import dataclass, replace
+from functools import partial
 
 from gradmm.config import ExperimentConfig, FilterConfig
 from gradmm.core.data import Task
 from gradmm.methods.features import lm_features
 from gradmm.methods.filtering import checked_rows, filter_rows, score_rows
+from gradmm.methods import llm_text
 from gradmm.methods.llm_text import generate_llm_dataset, generate_llm_texts
-from gradmm.methods.prompts import class_demos
 from gradmm.methods.selection import select_coreset, select_random
 
 
@@ -95,9 +96,9 @@ def _top_up(req: SetRequest, cfg: FilterConfig, shots: int, rows: list[dict]) ->
             break
         new = []
         for c in short:
-            demos = class_demos(task, c, shots, f"fewshot-{req.seed}-{c}") if shots else ()
-            texts = generate_llm_texts(req.model, req.tokenizer, task, c, exp.llm_raw_per_class, req.seed,
-                                       demos=demos, draw=draw, progress=req.progress)
+            write = partial(llm_text.llm_few_shot_gen, shots=shots) if shots else generate_llm_texts
+            texts = write(req.model, req.tokenizer, task, c, exp.llm_raw_per_class, req.seed, draw=draw,
+                          progress=req.progress)
             new += [{"text": t, "label": c, "seed": req.seed, "draw": draw} for t in texts]
         seen = {(r["text"], r["label"]) for r in rows}
         new = [r for r in new if (r["text"], r["label"]) not in seen]
