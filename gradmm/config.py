@@ -137,7 +137,7 @@ class FilterConfig:
     label_template: str = "review"  # template the filter classifies with ("" = the task's own; "review" is binary)
     label_shots: int = 4  # demonstrations per class from the pool (forced to 0 in DP runs)
     classifier: str = "lm"  # who checks labels: lm (in context, the paper) | pool_logreg | both (variants study)
-    rank: str = "score"  # score = match_loss + alpha·log_perplexity | none (generation order) | set_gradient(_path)
+    rank: str = "score"  # score = match_loss + alpha·log_perplexity | none (generation order) | set_gradient(_path, _class)
     # set_gradient_path: match at these steps of fine-tuning on the pool (0 = the pretrained model), with this LR
     path_steps: list[int] = field(default_factory=lambda: [0, 5, 10, 15])
     path_lr: float = 5e-5

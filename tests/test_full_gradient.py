@@ -12,6 +12,8 @@ from gradmm.methods.full_gradient import (
     GradientSketch,
     choose_from_gram,
     choose_matching_set,
+    class_gram_terms,
+    class_norm_ratios,
     example_sketches,
     fine_tuning_gradient,
     gram_terms,
@@ -160,3 +162,43 @@ def test_gradmm_select_path_chooses_among_the_same_draws_along_the_pools_fine_tu
     assert [r["text"] for r in info["raw"]] == [r["text"] for r in full_info["raw"]]  # the same LM draws
     assert len(chosen) == 4 and info["filter"]["set_gradient"]["path_steps"] == [0, 3]
     assert "path_steps" not in full_info["filter"]["set_gradient"]
+
+
+def test_class_choice_matches_each_class_where_the_whole_set_lets_one_lean():
+    # the pool's classes push along e0 (class 0) and e1 (class 1), equally hard. Class 0's candidates: two along e0,
+    # two along 0.2·e0 (weak). Class 1's: two along e1 (with a little e2), two along e1 + 0.8·e0, which also push
+    # class 0's way. The whole set's sum can point exactly along e0 + e1 with weak class-0 texts and class-1 texts
+    # doing class 0's work: a lean to class 1. Per class, each class must push its own way, as hard as the other.
+    e0, e1, e2 = torch.eye(3, dtype=torch.float64)
+    G = torch.stack([e0, e0 + 0.01 * e2, 0.2 * e0, 0.2 * e0 + 0.002 * e2,
+                     e1 + 0.3 * e2, e1 + 0.31 * e2, e1 + 0.8 * e0, e1 + 0.8 * e0 + 0.01 * e2])
+    labels = [0, 0, 0, 0, 1, 1, 1, 1]
+    refs = [e0, e1]
+    K, b, ref_sq = class_gram_terms(G, labels, refs)
+    assert float(K[0, 6]) == 0.0 and float(K[0, 1]) == 1.0  # block-diagonal: classes never meet
+    assert ref_sq == 2.0 and float(b[6]) == 1.0 and float(b[2]) == pytest.approx(0.2)  # each text against its class
+    kept, info = choose_from_gram(K, b, ref_sq, labels, 2)
+    assert sorted(kept) == [0, 1, 4, 5] and info["distance"] <= info["start_distance"]
+    assert class_norm_ratios(K, labels, kept, refs) == pytest.approx([1.0, 1.05], abs=0.01)
+    whole, whole_info = choose_matching_set(G, labels, (e0 + e1) / 2, n_per_class=2)
+    lean = class_norm_ratios(K, labels, sorted(whole), refs)
+    assert sorted(whole) == [2, 3, 6, 7] and whole_info["distance"] < 1e-4  # closer as a whole ...
+    assert lean[1] > 3 * lean[0]  # ... by leaning to class 1
+
+
+def test_set_gradient_class_chooses_per_class_among_the_same_draws(tiny, toy_task):
+    model, tok = tiny
+    exp = ExperimentConfig(llm_raw_per_class=4, n_per_class=2)
+    filt = FilterConfig(n_per_class=2, label_filter=False)
+    chosen, info = make_trainset("gradmm_select_class", model, tok, toy_task, exp, seed=0, filter_cfg=filt,
+                                 progress=False)
+    _, full_info = make_trainset("gradmm_select_full", model, tok, toy_task, exp, seed=0, filter_cfg=filt,
+                                 progress=False)
+    assert [r["text"] for r in info["raw"]] == [r["text"] for r in full_info["raw"]]  # the same LM draws
+    stats = info["filter"]["set_gradient"]
+    assert info["filter"]["kept"] == [2, 2] and len(chosen) == 4 and stats["distance"] <= stats["start_distance"]
+    assert len(stats["class_norm_ratio"]) == 2 and all(r > 0 for r in stats["class_norm_ratio"])
+    assert stats["start_distance"] != full_info["filter"]["set_gradient"]["start_distance"]  # another reference
+    assert not any(p.requires_grad for p in model.parameters())
+    again, _ = make_trainset("gradmm_select_class", model, tok, toy_task, exp, seed=0, filter_cfg=filt, progress=False)
+    assert again == chosen  # deterministic

@@ -128,3 +128,9 @@ def gradmm_select_full_few_shot(req: SetRequest) -> tuple[list[dict], dict]:
 # at the pretrained model: a set that pushes like the pool once the first steps have been taken, too
 def gradmm_select_path(req: SetRequest) -> tuple[list[dict], dict]:
     return _llm_text(req, shots=0, rank="set_gradient_path")
+
+
+# gradmm_select_full's choice with each class matched against the pool's same class (the paper matches per class):
+# the whole set's mean gradient let the choice lean to one class whenever both classes had texts to choose from
+def gradmm_select_class(req: SetRequest) -> tuple[list[dict], dict]:
+    return _llm_text(req, shots=0, rank="set_gradient_class")

@@ -4,7 +4,8 @@
 2. label consistency: the same LM classifies each text in context; texts it labels otherwise are dropped;
 3. per class, rank by match loss + α·log-perplexity and keep the best `n_per_class` (or, `rank: set_gradient`,
    keep the set whose fine-tuning gradient over every weight best matches the pool's: not the authors'; with
-   `set_gradient_path`, at several steps of fine-tuning on the pool, not only at the pretrained model);
+   `set_gradient_path`, at several steps of fine-tuning on the pool, not only at the pretrained model; with
+   `set_gradient_class`, each class's gradient against the pool's same class, as the paper matches per class);
 4. class balance: every class is cut to the smallest class's count.
 
 A class left with fewer than n_per_class texts is reported (a warning, and `short` in the stats); a set left
@@ -25,8 +26,8 @@ import logging
 from gradmm.config import FilterConfig, FinetuneConfig
 from gradmm.core.data import TEMPLATES, Example, Task, Template, deduplicate
 from gradmm.methods.finetune import train_copy
-from gradmm.methods.full_gradient import (GradientSketch, choose_from_gram, example_sketches, fine_tuning_gradient,
-                                          gram_terms, path_gram_terms)
+from gradmm.methods.full_gradient import (GradientSketch, choose_from_gram, class_gram_terms, class_norm_ratios,
+                                          example_sketches, fine_tuning_gradient, gram_terms, path_gram_terms)
 from gradmm.core.matching import class_targets, cosine_distance_to_target
 from gradmm.core.perplexity import log_perplexity
 from gradmm.core.scoring import first_label_ids, predict, sample_demos
@@ -39,9 +40,10 @@ log = logging.getLogger(__name__)
 CLASSIFIERS = ("lm", "pool_logreg", "both")
 # score: each text by its own match loss (+ α·log-perplexity); none: generation order; set_gradient: the set whose
 # fine-tuning gradient over every weight is closest to the pool's (gradmm.methods.full_gradient); set_gradient_path:
-# the same at several checkpoints of fine-tuning on the pool (filter.path_steps), each counting as much
-RANKS = ("score", "none", "set_gradient", "set_gradient_path")
-SET_RANKS = ("set_gradient", "set_gradient_path")
+# the same at several checkpoints of fine-tuning on the pool (filter.path_steps), each counting as much;
+# set_gradient_class: every class's set against the pool's same class, in one cosine (bounds how much a class leans)
+RANKS = ("score", "none", "set_gradient", "set_gradient_path", "set_gradient_class")
+SET_RANKS = ("set_gradient", "set_gradient_path", "set_gradient_class")
 # The pool fine-tuning whose checkpoints set_gradient_path matches at: the studies' recipe (20 steps of 8, linear
 # decay; train_copy takes its LR from filter.path_lr)
 PATH_RECIPE = FinetuneConfig()
@@ -149,8 +151,18 @@ def matching_set(model, tokenizer, task: Task, by_class: list[list[dict]], cfg: 
     if m == 0:
         return [[] for _ in by_class], {}
     rows = [r for rs in by_class for r in rs]
+    labels = [r["label"] for r in rows]
     examples = [Example(r["text"], r["label"]) for r in rows]
     sketch = GradientSketch(model, seed=cfg.seed)
+    if cfg.rank == "set_gradient_class":
+        references = [sketch(fine_tuning_gradient(model, tokenizer, [ex for ex in task.pool if ex.label == c],
+                                                  task.template)) for c in range(len(by_class))]
+        K, b, ref_sq = class_gram_terms(example_sketches(model, tokenizer, examples, task.template, sketch, progress),
+                                        labels, references)
+        kept, info = choose_from_gram(K, b, ref_sq, labels, m)
+        info["class_norm_ratio"] = class_norm_ratios(K, labels, kept, references)
+        kept = sorted(kept)
+        return [[rows[i] for i in kept if rows[i]["label"] == c] for c in range(len(by_class))], info
     terms = []
     for step in (cfg.path_steps if cfg.rank == "set_gradient_path" else [0]):
         # the pool's own fine-tuning, stopped after `step` steps (seeded by filter.seed): the weights to match at
@@ -160,7 +172,7 @@ def matching_set(model, tokenizer, task: Task, by_class: list[list[dict]], cfg: 
         terms.append(gram_terms(example_sketches(at, tokenizer, examples, task.template, sketch, progress), reference))
         del at
     gram = terms[0] if len(terms) == 1 else path_gram_terms(terms)
-    kept, info = choose_from_gram(*gram, [r["label"] for r in rows], m)
+    kept, info = choose_from_gram(*gram, labels, m)
     if len(terms) > 1:
         info["path_steps"] = list(cfg.path_steps)
     kept = sorted(kept)

@@ -114,6 +114,33 @@ def path_gram_terms(terms: list[tuple[torch.Tensor, torch.Tensor, float]]) -> tu
     return K, b, float(len(terms))
 
 
+def class_gram_terms(sketches: torch.Tensor, labels: list[int],
+                     references: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """The Gram terms of the classes' gradients joined end to end: a set's vector is [Σ_{kept of class 0} g; Σ_{kept
+    of class 1} g; ...] and the reference [the pool's class-0 mean; class-1 mean; ...]. One cosine then asks each
+    class to push in its own class's direction, and the classes to push as hard as each other as the pool's do
+    (the whole set's mean gradient leaves both free: a class can lean as long as the sum points the right way).
+    K is block-diagonal (texts of different classes sit in different blocks); b_i = ⟨g_i, reference of i's class⟩."""
+    G = sketches.double()
+    y = torch.tensor(labels)
+    K = (G @ G.T) * (y[:, None] == y[None, :])
+    refs = torch.stack([r.double() for r in references])
+    b = (G * refs[y]).sum(1)
+    return K, b, float((refs * refs).sum())
+
+
+def class_norm_ratios(K: torch.Tensor, labels: list[int], kept: list[int],
+                      references: list[torch.Tensor]) -> list[float]:
+    """Per class, ‖mean gradient of the kept texts‖ / ‖the pool's class mean‖ (from the sketches): how hard each
+    class of the set pushes against the pool's same class; unequal ratios are a lean to the larger one."""
+    out = []
+    for c, ref in enumerate(references):
+        idx = torch.tensor([i for i in kept if labels[i] == c])
+        norm = float(K[idx][:, idx].sum().clamp_min(0).sqrt()) / len(idx) if len(idx) else 0.0
+        out.append(round(norm / max(float(ref.double().norm()), 1e-30), 4))
+    return out
+
+
 def choose_matching_set(sketches: torch.Tensor, labels: list[int], reference: torch.Tensor, n_per_class: int,
                         max_exchanges: int = 500) -> tuple[list[int], dict]:
     """Indices of n_per_class rows per class (every class with at least that many) whose mean gradient is closest
