@@ -13,7 +13,8 @@ def test_every_name_has_one_record_with_its_properties():
     assert registry.get("gradmm_dp").private and not registry.get("gradmm").private
     assert registry.get("gradmm_no_filter").variant == "gradmm" and not registry.get("gradmm_no_filter").filtered
     assert registry.names("lm_text") == ["llm_zero_shot_gen", "llm_few_shot_gen", "gradmm_select_full",
-                                         "gradmm_select_full_few_shot", "gradmm_select_path", "gradmm_select_class"]
+                                         "gradmm_select_full_few_shot", "gradmm_select_path", "gradmm_select_class",
+                                         "gradmm_select_class_few_shot"]
     assert "few_shot" not in registry.names(in_studies=True) and "gradmm_plus" in registry.names(in_studies=True)
     assert set(registry.all_methods()) == set(registry.BASELINES) | set(registry.GENERATORS) | {
         f"{g}_no_filter" for g in registry.GENERATORS}

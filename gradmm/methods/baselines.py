@@ -134,3 +134,7 @@ def gradmm_select_path(req: SetRequest) -> tuple[list[dict], dict]:
 # the whole set's mean gradient let the choice lean to one class whenever both classes had texts to choose from
 def gradmm_select_class(req: SetRequest) -> tuple[list[dict], dict]:
     return _llm_text(req, shots=0, rank="set_gradient_class")
+
+
+def gradmm_select_class_few_shot(req: SetRequest) -> tuple[list[dict], dict]:
+    return _llm_text(req, shots=req.experiment.llm_shots, rank="set_gradient_class")

@@ -67,6 +67,7 @@ BASELINES = {m.name: m for m in (
     Method("gradmm_select_full_few_shot", "lm_text", baselines.gradmm_select_full_few_shot),
     Method("gradmm_select_path", "lm_text", baselines.gradmm_select_path),  # matched along the pool's fine-tuning
     Method("gradmm_select_class", "lm_text", baselines.gradmm_select_class),  # each class against its own class
+    Method("gradmm_select_class_few_shot", "lm_text", baselines.gradmm_select_class_few_shot),
     Method("full_real", "real", baselines.full_real),
 )}
 
