@@ -91,14 +91,17 @@ def test_example_sketches_are_per_text(tiny, toy_task):
     assert torch.equal(S[1], sketch(fine_tuning_gradient(model, tok, [toy_task.pool[1]], toy_task.template)))
 
 
+def small_set(model, tok, task, method: str, **filter_kw) -> tuple[list[dict], dict]:
+    """`method`'s training set of 2 texts per class from 4 LM draws per class, no label check."""
+    exp = ExperimentConfig(llm_raw_per_class=4, n_per_class=2)
+    filt = FilterConfig(n_per_class=2, label_filter=False, **filter_kw)
+    return make_trainset(method, model, tok, task, exp, seed=0, filter_cfg=filt, progress=False)
+
+
 def test_gradmm_select_full_keeps_the_llm_draws_and_chooses_among_them(tiny, toy_task):
     model, tok = tiny
-    exp = ExperimentConfig(llm_raw_per_class=4, n_per_class=2)
-    filt = FilterConfig(n_per_class=2, label_filter=False)
-    chosen, info = make_trainset("gradmm_select_full", model, tok, toy_task, exp, seed=0, filter_cfg=filt,
-                                 progress=False)
-    plain, plain_info = make_trainset("llm_zero_shot_gen", model, tok, toy_task, exp, seed=0, filter_cfg=filt,
-                                      progress=False)
+    chosen, info = small_set(model, tok, toy_task, "gradmm_select_full")
+    plain, plain_info = small_set(model, tok, toy_task, "llm_zero_shot_gen")
     assert [r["text"] for r in info["raw"]] == [r["text"] for r in plain_info["raw"]]  # the same LM draws
     raw = {r["text"] for r in info["raw"]}
     assert len(chosen) == 4 and {r["text"] for r in chosen} <= raw and "set_gradient" in info["filter"]
@@ -153,12 +156,8 @@ def test_set_gradient_path_matches_at_the_pools_checkpoints(tiny, toy_task):
 
 def test_gradmm_select_path_chooses_among_the_same_draws_along_the_pools_fine_tuning(tiny, toy_task):
     model, tok = tiny
-    exp = ExperimentConfig(llm_raw_per_class=4, n_per_class=2)
-    filt = FilterConfig(n_per_class=2, label_filter=False, path_steps=[0, 3])
-    chosen, info = make_trainset("gradmm_select_path", model, tok, toy_task, exp, seed=0, filter_cfg=filt,
-                                 progress=False)
-    _, full_info = make_trainset("gradmm_select_full", model, tok, toy_task, exp, seed=0, filter_cfg=filt,
-                                 progress=False)
+    chosen, info = small_set(model, tok, toy_task, "gradmm_select_path", path_steps=[0, 3])
+    _, full_info = small_set(model, tok, toy_task, "gradmm_select_full", path_steps=[0, 3])
     assert [r["text"] for r in info["raw"]] == [r["text"] for r in full_info["raw"]]  # the same LM draws
     assert len(chosen) == 4 and info["filter"]["set_gradient"]["path_steps"] == [0, 3]
     assert "path_steps" not in full_info["filter"]["set_gradient"]
@@ -188,17 +187,12 @@ def test_class_choice_matches_each_class_where_the_whole_set_lets_one_lean():
 
 def test_set_gradient_class_chooses_per_class_among_the_same_draws(tiny, toy_task):
     model, tok = tiny
-    exp = ExperimentConfig(llm_raw_per_class=4, n_per_class=2)
-    filt = FilterConfig(n_per_class=2, label_filter=False)
-    chosen, info = make_trainset("gradmm_select_class", model, tok, toy_task, exp, seed=0, filter_cfg=filt,
-                                 progress=False)
-    _, full_info = make_trainset("gradmm_select_full", model, tok, toy_task, exp, seed=0, filter_cfg=filt,
-                                 progress=False)
+    chosen, info = small_set(model, tok, toy_task, "gradmm_select_class")
+    _, full_info = small_set(model, tok, toy_task, "gradmm_select_full")
     assert [r["text"] for r in info["raw"]] == [r["text"] for r in full_info["raw"]]  # the same LM draws
     stats = info["filter"]["set_gradient"]
     assert info["filter"]["kept"] == [2, 2] and len(chosen) == 4 and stats["distance"] <= stats["start_distance"]
     assert len(stats["class_norm_ratio"]) == 2 and all(r > 0 for r in stats["class_norm_ratio"])
     assert stats["start_distance"] != full_info["filter"]["set_gradient"]["start_distance"]  # another reference
     assert not any(p.requires_grad for p in model.parameters())
-    again, _ = make_trainset("gradmm_select_class", model, tok, toy_task, exp, seed=0, filter_cfg=filt, progress=False)
-    assert again == chosen  # deterministic
+    assert small_set(model, tok, toy_task, "gradmm_select_class")[0] == chosen  # deterministic
