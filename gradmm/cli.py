@@ -23,6 +23,7 @@ from gradmm.commands import (
     cmd_prepare,
     cmd_privacy_attacks,
     cmd_profile,
+    cmd_quality_scoreboard,
     cmd_runtimes,
     cmd_study,
     cmd_study_report,
@@ -224,6 +225,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", required=True, help="the cell's method where a study names none")
     p.add_argument("--out", help="write the table here (csv)")
     p.set_defaults(func=cmd_compare_cells)
+
+    p = sub.add_parser("quality-scoreboard", help="every setting of the quality studies against the quality goal "
+                       "(LM text + 5, real text − 1), and the setting the dev splits pick")
+    p.add_argument("studies", nargs="+", help="study folders (<folder>/<dataset>/<method>/)")
+    p.add_argument("--out", required=True, help="written as <out>.csv and <out>.md")
+    p.set_defaults(func=cmd_quality_scoreboard)
 
     p = sub.add_parser("gradient-agreement", help="for every training set of the given studies: the distance of "
                        "its gradients (head, last block, all blocks, all weights) to the dev split's, beside the "

@@ -44,6 +44,7 @@ from gradmm.reporting import transfer, variants
 from gradmm.reporting.classification import compare_tables
 from gradmm.reporting.privacy import attack_tables, membership_summary
 from gradmm.reporting.runtimes import read_stage_times, runtime_summary
+from gradmm.reporting.scoreboard import write_scoreboard
 from gradmm.reporting.tracking import (
     CLASSIFICATION_EXPERIMENT,
     DEFAULT_IMPORT_DIR,
@@ -332,6 +333,17 @@ def cmd_compare_cells(args) -> None:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         table.round(4).to_csv(args.out, index=False)
     print(table.round(3).to_string(index=False))
+
+
+def cmd_quality_scoreboard(args) -> None:
+    missing = [s for s in args.studies if not Path(s).is_dir()]
+    if missing:
+        raise ValueError(f"quality-scoreboard: no study folder at {missing}")
+    out = Path(args.out)
+    for path in (out.with_suffix(".csv"), out.with_suffix(".md")):
+        check_writable(path)
+    write_scoreboard([Path(s) for s in args.studies], out)
+    print(out.with_suffix(".md").read_text())
 
 
 def cmd_gradient_agreement(args) -> list:
