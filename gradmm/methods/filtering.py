@@ -154,25 +154,25 @@ def matching_set(model, tokenizer, task: Task, by_class: list[list[dict]], cfg: 
     labels = [r["label"] for r in rows]
     examples = [Example(r["text"], r["label"]) for r in rows]
     sketch = GradientSketch(model, seed=cfg.seed)
+    terms, references = [], None
     if cfg.rank == "set_gradient_class":
         references = [sketch(fine_tuning_gradient(model, tokenizer, [ex for ex in task.pool if ex.label == c],
                                                   task.template)) for c in range(len(by_class))]
-        K, b, ref_sq = class_gram_terms(example_sketches(model, tokenizer, examples, task.template, sketch, progress),
-                                        labels, references)
-        kept, info = choose_from_gram(K, b, ref_sq, labels, m)
-        info["class_norm_ratio"] = class_norm_ratios(K, labels, kept, references)
-        kept = sorted(kept)
-        return [[rows[i] for i in kept if rows[i]["label"] == c] for c in range(len(by_class))], info
-    terms = []
-    for step in (cfg.path_steps if cfg.rank == "set_gradient_path" else [0]):
-        # the pool's own fine-tuning, stopped after `step` steps (seeded by filter.seed): the weights to match at
-        at = model if step == 0 else train_copy(model, tokenizer, task.pool, task.template, PATH_RECIPE, cfg.path_lr,
-                                                cfg.seed, progress, stop_after=step)[0]
-        reference = sketch(fine_tuning_gradient(at, tokenizer, task.pool, task.template))
-        terms.append(gram_terms(example_sketches(at, tokenizer, examples, task.template, sketch, progress), reference))
-        del at
-    gram = terms[0] if len(terms) == 1 else path_gram_terms(terms)
+        gram = class_gram_terms(example_sketches(model, tokenizer, examples, task.template, sketch, progress), labels,
+                                references)
+    else:
+        for step in (cfg.path_steps if cfg.rank == "set_gradient_path" else [0]):
+            # the pool's own fine-tuning, stopped after `step` steps (seeded by filter.seed): the weights to match at
+            at = model if step == 0 else train_copy(model, tokenizer, task.pool, task.template, PATH_RECIPE,
+                                                    cfg.path_lr, cfg.seed, progress, stop_after=step)[0]
+            reference = sketch(fine_tuning_gradient(at, tokenizer, task.pool, task.template))
+            terms.append(gram_terms(example_sketches(at, tokenizer, examples, task.template, sketch, progress),
+                                    reference))
+            del at
+        gram = terms[0] if len(terms) == 1 else path_gram_terms(terms)
     kept, info = choose_from_gram(*gram, labels, m)
+    if references is not None:
+        info["class_norm_ratio"] = class_norm_ratios(gram[0], labels, kept, references)
     if len(terms) > 1:
         info["path_steps"] = list(cfg.path_steps)
     kept = sorted(kept)

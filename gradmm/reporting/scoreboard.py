@@ -37,7 +37,8 @@ def settings(studies: list[Path]) -> "pd.DataFrame":
             continue
         df = df[df.n_per_class == GOAL_N].copy()
         df["cell"] = [f"{Path(study).name}@{m}" for m in df.method]
-        df["key"] = [_setting_key(Path(study) / d / m) for d, m in zip(df.dataset, df.method)]
+        keys = {cell: _setting_key(Path(study) / cell[0] / cell[1]) for cell in set(zip(df.dataset, df.method))}
+        df["key"] = [keys[cell] for cell in zip(df.dataset, df.method)]
         for key, cell in zip(df.key, df.cell):
             by_key.setdefault(key, [])
             if cell not in by_key[key]:
@@ -75,10 +76,9 @@ def scoreboard(df: "pd.DataFrame") -> tuple["pd.DataFrame", dict]:
     for dataset, part in table.groupby("dataset"):
         lm, real = part[part.method == "llm_zero_shot_gen"], part[part.method == "random_real"]
         bars[dataset] = {"lm": _best(lm), "real": _best(real)}
-    table["gain_vs_lm"] = [r["mean"] - bars[r.dataset]["lm"][1] if bars[r.dataset]["lm"] else float("nan")
-                           for _, r in table.iterrows()]
-    table["gain_vs_real"] = [r["mean"] - bars[r.dataset]["real"][1] if bars[r.dataset]["real"] else float("nan")
-                             for _, r in table.iterrows()]
+    for bar in ("lm", "real"):
+        table[f"gain_vs_{bar}"] = [r["mean"] - bars[r.dataset][bar][1] if bars[r.dataset][bar] else float("nan")
+                                   for _, r in table.iterrows()]
     table["goal_met"] = [_meets(r) for _, r in table.iterrows()]
     candidates = table[table.method.str.startswith("gradmm")]
     dev = candidates[candidates.dataset.isin(DEV_DATASETS)].groupby("setting")
